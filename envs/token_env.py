@@ -1,0 +1,467 @@
+"""The token-level MDP as a native batched Gymnasium ``VectorEnv`` that lives on a torch device."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from tokengym.envs.loading import load_model_config, load_tokenizer, max_positions, vocab_width
+from tokengym.envs.tasks import Task, get_task
+from tokengym.rewards.base import EpisodeStart, Reward, StepBatch, as_components
+
+__all__ = ["TokenVectorEnv"]
+
+_AUTORESET_MODES = {
+    "disabled": AutoresetMode.DISABLED,
+    AutoresetMode.DISABLED: AutoresetMode.DISABLED,
+    "same-step": AutoresetMode.SAME_STEP,
+    AutoresetMode.SAME_STEP: AutoresetMode.SAME_STEP,
+}
+
+
+class TokenVectorEnv(VectorEnv):
+    """Batched text generation as a token-level MDP, with every tensor on one torch device.
+
+    ## Description
+
+    Each of the ``num_envs`` rows continues a prompt one token at a time. The state is the prompt
+    plus the tokens generated so far, an action is the next token id, and the transition appends
+    it. Rewards come from a pluggable reward object (``tokengym.rewards``): holistic (one score at
+    the last token), fine-grained (segment scores on the tokens that close each segment) or
+    KL-shaped (a per-token ``-β·KL`` to a frozen reference model around any other reward).
+
+    ## Action Space
+
+    ``MultiDiscrete([V] * num_envs)``: one token id per row, ``V`` the model's logits width
+    (``lm_head`` out-features, which may exceed ``len(tokenizer)``). Actions may be a torch tensor
+    (any device; moved to the env's) or a numpy array of integer dtype and shape ``(num_envs,)``.
+    Floats, other shapes and ids outside ``[0, V)`` raise ``ValueError``; nothing is clipped.
+
+    ## Observation Space
+
+    ``Dict(input_ids=Box(0, V-1, (num_envs, L), int64), attention_mask=Box(0, 1, (num_envs, L),
+    int64))`` as torch tensors on ``device``, with ``L = max_prompt_tokens + max_new_tokens``.
+    Prompts are left-padded into columns ``[0, P)``; generated tokens fill columns ``P, P+1, …``.
+    Pads are the tokenizer's pad id (or 0), always inside ``[0, V-1]``, with ``attention_mask`` 0.
+
+    ## Rewards
+
+    ``step`` returns the ``(num_envs,)`` float tensor of this step's rewards: ``r_t`` for the
+    action just taken. Rows that did not act (their episode already ended) get exactly 0.
+    ``info["reward_components"]`` maps each component name to its ``(num_envs,)`` per-episode total
+    so far, so ablations see what moved.
+
+    The policy's log-prob of each action reaches the reward through an explicit channel:
+    ``env.step(actions, logprobs=logprobs)``. A KL-shaped reward uses it instead of running the
+    policy again; without it, the KL-shaped reward needs a policy model bound explicitly.
+
+    ## Starting State
+
+    ``reset`` draws ``num_envs`` prompts from the task's prompt source with ``self.np_random``.
+    ``options={"group_size": G}`` draws ``num_envs / G`` prompts and repeats each ``G`` times in
+    consecutive rows (for GRPO). ``options={"prompts": [...]}`` sets the prompts explicitly.
+
+    ## Episode End
+
+    A row is ``terminated`` when its action is a stop token (EOS by default; ``stop_token_ids``
+    configures it, an empty list disables it) and ``truncated`` after ``max_new_tokens`` actions.
+
+    Autoreset (``metadata["autoreset_mode"]``):
+
+    * ``"disabled"`` (default, the fast path): batch-synchronous episodes. Finished rows wait,
+      padded, with zero reward, until the whole batch is reset; one KV cache serves the batch.
+    * ``"same-step"``: Gymnasium's SAME_STEP mode for third-party agents. A finished row is reset
+      inside the same ``step``; its last observation and info are in ``info["final_obs"]`` and
+      ``info["final_info"]`` (masked by ``info["_final_obs"]``). This mode reads which rows ended
+      on the host every step.
+
+    ## Arguments
+
+    * ``num_envs``: rows in the batch.
+    * ``task``: a registered task name or :class:`~tokengym.envs.tasks.Task` supplying defaults for
+      ``model``, ``prompts``, ``reward`` and ``max_new_tokens``.
+    * ``model``: ``"embedded"`` (default), a built-in, a local directory, a hub name, or a model
+      instance. The env only reads its config (``V``, context length); a KL-shaped reward loads it
+      as the default frozen reference.
+    * ``tokenizer``: a tokenizer or a name; defaults to the model's.
+    * ``prompts``: a list of strings or of token-id lists.
+    * ``reward``: a reward object or a name (``"holistic"``, ``"fine-grained"``, ``"kl-shaped"``,
+      ``"fine-grained+kl"``, see ``tokengym.rewards.make_reward``). ``reward_kwargs`` go to it.
+    * ``max_new_tokens`` (T), ``max_prompt_tokens`` (P, default: longest prompt).
+    * ``device``: where every tensor lives. ``check_actions``: range-check actions each step (a
+      host read on CUDA; our own agents never emit out-of-range ids and may switch it off).
+    * ``copy_observations``: return copies (default) rather than views of the live buffers.
+
+    ## Example
+
+    >>> import gymnasium as gym, torch, tokengym
+    >>> envs = gym.make_vec("tokengym/Calibration-v0", num_envs=4, device="cpu")
+    >>> obs, info = envs.reset(seed=0)
+    >>> obs["input_ids"].shape, envs.single_action_space
+    (torch.Size([4, 4]), Discrete(8))
+    >>> for t in (1, 2, 3):
+    ...     obs, reward, terminated, truncated, info = envs.step(torch.full((4,), t))
+    >>> reward.tolist(), truncated.tolist()
+    ([3.0, 3.0, 3.0, 3.0], [True, True, True, True])
+
+    ## Version History
+
+    * v0: initial release.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.DISABLED, "render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        task: str | Task | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+        prompts: Sequence[str] | Sequence[Sequence[int]] | None = None,
+        reward: Reward | str | None = None,
+        reward_kwargs: dict | None = None,
+        max_new_tokens: int | None = None,
+        max_prompt_tokens: int | None = None,
+        stop_token_ids: Sequence[int] | str | None = "eos",
+        device: str | torch.device = "cpu",
+        autoreset_mode: str | AutoresetMode = "disabled",
+        check_actions: bool = True,
+        copy_observations: bool = True,
+        trust_remote_code: bool = False,
+        render_mode: str | None = None,
+    ):
+        task = get_task(task) if task is not None else Task(name="custom")
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if autoreset_mode not in _AUTORESET_MODES:
+            raise ValueError(
+                f"autoreset_mode must be 'disabled' or 'same-step', got {autoreset_mode!r}"
+            )
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.task = task
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.render_mode = render_mode
+        self.check_actions = check_actions
+        self.copy_observations = copy_observations
+        self.metadata = {**self.metadata, "autoreset_mode": _AUTORESET_MODES[autoreset_mode]}
+
+        # Model and tokenizer: the env needs only V, the context length and the tokenizer.
+        self.model = model if model is not None else task.model
+        if isinstance(self.model, torch.nn.Module):
+            config = self.model.config
+            self.vocab_size = vocab_width(self.model)
+        else:
+            config = load_model_config(self.model, trust_remote_code=trust_remote_code)
+            self.vocab_size = vocab_width(config)
+        if tokenizer is None:
+            tokenizer = task.tokenizer if task.tokenizer is not None else self.model
+        if isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+        self.tokenizer = tokenizer
+        V = self.vocab_size
+
+        self.max_new_tokens = max_new_tokens if max_new_tokens is not None else task.max_new_tokens
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        self._prompt_ids = self._encode_prompts(prompts if prompts is not None else task.prompts())
+        longest = max(len(p) for p in self._prompt_ids)
+        self.max_prompt_tokens = max_prompt_tokens if max_prompt_tokens is not None else longest
+        self._check_prompt_lengths(self._prompt_ids)
+        context = max_positions(config)
+        if context is not None and self.max_prompt_tokens + self.max_new_tokens > context:
+            raise ValueError(
+                f"max_prompt_tokens + max_new_tokens = {self.max_prompt_tokens} + "
+                f"{self.max_new_tokens} exceeds the model's context of {context} tokens"
+            )
+
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_token_id = pad if isinstance(pad, int) and 0 <= pad < V else 0
+        self.stop_token_ids = self._resolve_stop_tokens(stop_token_ids if task.stop else [], V)
+        self._stop_ids = torch.tensor(self.stop_token_ids, dtype=torch.long, device=self.device)
+
+        # Spaces.
+        P, T = self.max_prompt_tokens, self.max_new_tokens
+        L = P + T
+        self.single_observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, V - 1, (L,), np.int64),
+                "attention_mask": spaces.Box(0, 1, (L,), np.int64),
+            }
+        )
+        self.observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, V - 1, (num_envs, L), np.int64),
+                "attention_mask": spaces.Box(0, 1, (num_envs, L), np.int64),
+            }
+        )
+        self.single_action_space = spaces.Discrete(V)
+        self.action_space = spaces.MultiDiscrete([V] * num_envs)
+
+        # Reward.
+        from tokengym.rewards import make_reward
+
+        self.reward = make_reward(
+            reward if reward is not None else task.reward,
+            task=task,
+            tokenizer=tokenizer,
+            model=self.model,
+            device=self.device,
+            **(reward_kwargs or {}),
+        )
+
+        # Device buffers, preallocated once.
+        B = num_envs
+        self._input_ids = torch.full((B, L), self.pad_token_id, dtype=torch.long, device=self.device)
+        self._attention_mask = torch.zeros((B, L), dtype=torch.long, device=self.device)
+        self._response_lengths = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._alive = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self._rows = torch.arange(B, device=self.device)
+        self._component_totals: dict[str, torch.Tensor] = {}
+        self._prompt_texts: list[str] = [""] * B
+        self._needs_reset = True
+        self._steps_since_reset = 0
+
+    # ------------------------------------------------------------------ prompts
+    def _encode_prompts(self, prompts) -> list[list[int]]:
+        if prompts is None or len(prompts) == 0:
+            raise ValueError("prompts must be a non-empty list of strings or token-id lists")
+        encoded = []
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                if self.tokenizer is None:
+                    raise ValueError(f"prompt {i} is text but the env has no tokenizer")
+                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            else:
+                ids = [int(t) for t in prompt]
+            if len(ids) == 0:
+                raise ValueError(f"prompt {i} ({prompt!r}) is empty after tokenization")
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompt {i} has token ids {bad} outside [0, {self.vocab_size})")
+            encoded.append(ids)
+        return encoded
+
+    def _check_prompt_lengths(self, prompt_ids: list[list[int]]) -> None:
+        for i, ids in enumerate(prompt_ids):
+            if len(ids) > self.max_prompt_tokens:
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens, more than max_prompt_tokens="
+                    f"{self.max_prompt_tokens}"
+                )
+
+    def _resolve_stop_tokens(self, stop_token_ids, V: int) -> list[int]:
+        if stop_token_ids == "eos":
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+            stop_token_ids = [] if eos is None else [eos]
+        stop = [int(t) for t in (stop_token_ids or [])]
+        bad = [t for t in stop if not 0 <= t < V]
+        if bad:
+            raise ValueError(f"stop_token_ids {bad} are outside [0, {V})")
+        return stop
+
+    def _draw_prompts(self, n: int, options: dict | None) -> list[list[int]]:
+        options = options or {}
+        unknown = set(options) - {"group_size", "prompts"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; expected 'group_size' or 'prompts'")
+        group_size = options.get("group_size", 1)
+        if not isinstance(group_size, int) or group_size < 1 or n % group_size:
+            raise ValueError(
+                f"options['group_size'] must be a positive int dividing num_envs={n}, got {group_size!r}"
+            )
+        if "prompts" in options:
+            chosen = self._encode_prompts(options["prompts"])
+            self._check_prompt_lengths(chosen)
+            if len(chosen) * group_size != n:
+                raise ValueError(
+                    f"options['prompts'] has {len(chosen)} prompts; with group_size={group_size} "
+                    f"it needs {n // group_size}"
+                )
+        else:
+            idx = self.np_random.integers(0, len(self._prompt_ids), size=n // group_size)
+            chosen = [self._prompt_ids[i] for i in idx]
+        return [ids for ids in chosen for _ in range(group_size)]
+
+    def _write_prompts(self, rows: torch.Tensor, prompts: list[list[int]]) -> None:
+        """Left-pad ``prompts`` into the buffer rows ``rows`` (host list -> one device copy)."""
+        P, n = self.max_prompt_tokens, len(prompts)
+        ids = torch.full((n, P), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, P), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, P - len(p) :] = torch.tensor(p)
+            mask[i, P - len(p) :] = 1
+        self._input_ids[rows] = self.pad_token_id
+        self._attention_mask[rows] = 0
+        self._input_ids[rows, :P] = ids.to(self.device)
+        self._attention_mask[rows, :P] = mask.to(self.device)
+        self._response_lengths[rows] = 0
+        self._alive[rows] = True
+        for name in self._component_totals:
+            self._component_totals[name][rows] = 0.0
+        if self.tokenizer is not None:
+            texts = self.tokenizer.batch_decode(prompts, skip_special_tokens=False)
+        else:
+            texts = [" ".join(map(str, p)) for p in prompts]
+        row_list = rows.tolist()
+        for r, text in zip(row_list, texts):
+            self._prompt_texts[r] = text
+        start_mask = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        start_mask[rows] = True
+        self.reward.reset(
+            EpisodeStart(
+                prompt_ids=self._input_ids[:, :P],
+                prompt_mask=self._attention_mask[:, :P].bool(),
+                prompt_texts=tuple(self._prompt_texts),
+                rows=start_mask,
+                max_new_tokens=self.max_new_tokens,
+                tokenizer=self.tokenizer,
+            )
+        )
+
+    # ------------------------------------------------------------------ API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        prompts = self._draw_prompts(self.num_envs, options)
+        self._write_prompts(self._rows, prompts)
+        self._needs_reset = False
+        self._steps_since_reset = 0
+        return self._observation(), {"prompt_texts": list(self._prompt_texts)}
+
+    def step(self, actions, logprobs: torch.Tensor | None = None):
+        """Append one token per row. ``logprobs``: optional (B,) log π_θ(a_t|s_t) for the reward."""
+        if self._needs_reset:
+            raise RuntimeError("step() called before reset(); call env.reset() first")
+        P, T = self.max_prompt_tokens, self.max_new_tokens
+        if self._steps_since_reset >= T and self.metadata["autoreset_mode"] == AutoresetMode.DISABLED:
+            raise RuntimeError(
+                f"every episode in the batch ended (max_new_tokens={T}); call env.reset() "
+                "(autoreset_mode='disabled' waits for a synchronous reset)"
+            )
+        actions = self._as_actions(actions)
+        if logprobs is not None:
+            logprobs = torch.as_tensor(logprobs, device=self.device)
+            if logprobs.shape != (self.num_envs,) or not logprobs.is_floating_point():
+                raise ValueError(
+                    f"logprobs must be a float tensor of shape ({self.num_envs},), got "
+                    f"{tuple(logprobs.shape)} {logprobs.dtype}"
+                )
+
+        acted = self._alive.clone()  # (B,)
+        columns = (P + self._response_lengths).clamp_(max=P + T - 1)[:, None]  # (B, 1)
+        # Rows that already ended keep what their column holds (pad, or their last token).
+        previous_ids = self._input_ids.gather(1, columns)  # (B, 1)
+        previous_mask = self._attention_mask.gather(1, columns)  # (B, 1)
+        self._input_ids.scatter_(1, columns, torch.where(acted[:, None], actions[:, None], previous_ids))
+        self._attention_mask.scatter_(1, columns, torch.where(acted[:, None], 1, previous_mask))
+        self._response_lengths += acted.long()
+        terminated = acted & torch.isin(actions, self._stop_ids)  # (B,)
+        truncated = acted & ~terminated & (self._response_lengths >= T)  # (B,)
+        ended = terminated | truncated
+        self._alive &= ~ended
+        self._steps_since_reset += 1
+
+        components = as_components(
+            self.reward(
+                StepBatch(
+                    input_ids=self._input_ids,
+                    attention_mask=self._attention_mask.bool(),
+                    prompt_width=P,
+                    response_lengths=self._response_lengths,
+                    actions=torch.where(acted, actions, self.pad_token_id),
+                    acted=acted,
+                    ended=ended,
+                    action_logprobs=logprobs,
+                    prompt_texts=tuple(self._prompt_texts),
+                    tokenizer=self.tokenizer,
+                )
+            )
+        )
+        rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
+        for name, values in components.items():
+            values = torch.where(acted, values.to(torch.float32), 0.0)  # (B,)
+            total = self._component_totals.setdefault(name, torch.zeros_like(rewards))
+            total += values
+            rewards += values
+
+        observation = self._observation()
+        info: dict[str, Any] = {"reward_components": {k: v.clone() for k, v in self._component_totals.items()}}
+        if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
+            observation, info = self._autoreset(ended, observation, info)
+        return observation, rewards, terminated, truncated, info
+
+    def _autoreset(self, ended: torch.Tensor, observation, info):
+        """SAME_STEP autoreset: finished rows restart now; their last obs/info go in info."""
+        ended_rows = ended.nonzero()[:, 0]  # host read: this mode is for third-party agents
+        if len(ended_rows) == 0:
+            return observation, info
+        final_obs = {k: v.clone() for k, v in observation.items()}
+        self._write_prompts(ended_rows, self._draw_prompts(len(ended_rows), None))
+        info = {**info, "final_obs": final_obs, "_final_obs": ended.clone(), "final_info": dict(info), "_final_info": ended.clone()}
+        return self._observation(), info
+
+    def _as_actions(self, actions) -> torch.Tensor:
+        if isinstance(actions, torch.Tensor):
+            tensor = actions
+        else:
+            array = np.asarray(actions)
+            if array.dtype == object:
+                raise ValueError(f"actions must be integer token ids, got {actions!r}")
+            tensor = torch.from_numpy(array)
+        if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
+            raise ValueError(
+                f"actions must be integer token ids; got dtype {tensor.dtype} (nothing is cast)"
+            )
+        if tuple(tensor.shape) != (self.num_envs,):
+            raise ValueError(
+                f"actions must have shape ({self.num_envs},), one token id per row; got {tuple(tensor.shape)}"
+            )
+        tensor = tensor.to(self.device, torch.long, non_blocking=True)
+        if self.check_actions:
+            bad = (tensor < 0) | (tensor >= self.vocab_size)
+            if bad.any():
+                row = int(bad.nonzero()[0, 0])
+                raise ValueError(
+                    f"action {int(tensor[row])} at row {row} is outside the action space [0, {self.vocab_size})"
+                )
+        return tensor
+
+    def _observation(self) -> dict[str, torch.Tensor]:
+        if self.copy_observations:
+            return {"input_ids": self._input_ids.clone(), "attention_mask": self._attention_mask.clone()}
+        return {"input_ids": self._input_ids, "attention_mask": self._attention_mask}
+
+    # ------------------------------------------------------------------ helpers for agents
+    @property
+    def prompt_width(self) -> int:
+        """P: the column where generated tokens start."""
+        return self.max_prompt_tokens
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """(B,) tokens generated so far per row (a view, on device)."""
+        return self._response_lengths
+
+    @property
+    def all_done(self) -> torch.Tensor:
+        """0-dim bool tensor on device: no row is still generating (read it sparingly on CUDA)."""
+        return ~self._alive.any()
+
+    def render(self) -> list[str] | None:
+        if self.render_mode != "ansi":
+            return None
+        P = self.max_prompt_tokens
+        rows = self._input_ids.tolist()
+        lengths = self._response_lengths.tolist()
+        out = []
+        for text, ids, n in zip(self._prompt_texts, rows, lengths):
+            response = ids[P : P + n]
+            decoded = self.tokenizer.decode(response) if self.tokenizer is not None else str(response)
+            out.append(f"{text}|{decoded}")
+        return out
