@@ -1,0 +1,62 @@
+"""Synchronous advantage actor-critic (Mnih et al. 2016) on token episodes.
+
+A learned ``V(s_t)`` gives the advantage, either GAE(γ, λ) (``δ_t = r_t + γV(s_{t+1}) − V(s_t)``,
+``A_t = δ_t + γλA_{t+1}``) or the n-step target minus ``V(s_t)``; one gradient step per batch on
+policy loss + value MSE − entropy bonus.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tokengym.agents.advantages import explained_variance, gae, masked_mean, n_step_returns
+from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+
+__all__ = ["A2C", "A2CConfig"]
+
+
+@dataclass
+class A2CConfig(AgentConfig):
+    lr: float = 1e-4
+    """Adam learning rate, > 0."""
+    gae_lambda: float = 0.95
+    """GAE λ in [0, 1]; ignored when ``n_steps`` is set."""
+    n_steps: int | None = None
+    """Use n-step returns ``Σ_{k<n} γ^k r_{t+k} + γ^n V(s_{t+n})`` instead of GAE (n ≥ 1)."""
+    value_coef: float = 0.5
+    """Weight of the value MSE, ≥ 0."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight, ≥ 0."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("gae_lambda", self.gae_lambda, 0, 1)
+        if self.n_steps is not None:
+            check_range("n_steps", self.n_steps, 1, math.inf, integer=True, high_open=True)
+        check_range("value_coef", self.value_coef, 0, math.inf, high_open=True)
+        check_range("entropy_coef", self.entropy_coef, 0, math.inf, high_open=True)
+
+
+class A2C(Agent):
+    config_class = A2CConfig
+    needs_values = True
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        config, mask = self.config, rollout.mask
+        if config.n_steps is None:
+            advantages, returns = gae(rollout.rewards, rollout.values, mask, config.gamma, config.gae_lambda)
+        else:
+            returns = n_step_returns(rollout.rewards, rollout.values, mask, config.gamma, config.n_steps)
+            advantages = returns - rollout.values  # (B, T)
+        scored = self.policy.score(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+        pg_loss = -(scored.logprobs * advantages * mask).sum(-1).mean()
+        value_loss = 0.5 * masked_mean((scored.values - returns) ** 2, mask)
+        entropy = masked_mean(scored.entropy, mask)
+        loss = pg_loss + config.value_coef * value_loss - config.entropy_coef * entropy
+        self.optimizer_step(loss)
+        return {
+            "pg_loss": float(pg_loss.detach()),
+            "value_loss": float(value_loss.detach()),
+            "entropy": float(entropy.detach()),
+            "explained_variance": float(explained_variance(rollout.values, returns, mask)),
+        }

@@ -1,0 +1,96 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath; seed 001's J(θ)).
+
+G samples per prompt; each sample's advantage ``A_i = (r_i − mean(r_1..G)) / (std(r_1..G) + eps)``
+is used for every one of its tokens; PPO's clipped ratio; and ``β·D_KL(π_θ‖π_ref)`` (k3 by default)
+in the loss rather than in the reward. The per-token objective is averaged over each sequence's
+tokens (``1/|o_i|``) and then over sequences. ``length_normalization=False`` with
+``scale_rewards=False`` is Dr. GRPO (Liu et al. 2025): a constant normaliser (``max_new_tokens``)
+and unscaled group-centred rewards, which remove GRPO's length and difficulty biases.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tokengym.agents.advantages import approx_kl_and_clipfrac, group_advantages, kl_estimates, masked_mean
+from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+
+__all__ = ["GRPO", "GRPOConfig", "grpo_loss"]
+
+
+@dataclass
+class GRPOConfig(AgentConfig):
+    lr: float = 1e-4
+    """Adam learning rate, > 0."""
+    group_size: int = 4
+    """G, samples per prompt (≥ 2; must divide the batch)."""
+    beta: float = 0.04
+    """KL coefficient β of D_KL(π_θ‖π_ref) in the loss, ≥ 0."""
+    kl_estimator: str = "k3"
+    """Per-token KL estimator: 'k1', 'k2' or 'k3' (the unbiased, non-negative default)."""
+    clip_eps: float = 0.2
+    """Ratio clip ε, > 0."""
+    n_epochs: int = 1
+    """Passes over each batch (1 = on-policy, ratio ≡ 1 at the first step), ≥ 1."""
+    n_minibatches: int = 1
+    """Minibatches per epoch, ≥ 1 and ≤ the batch size."""
+    adv_eps: float = 1e-4
+    """ε in (r − mean)/(std + ε): keeps groups of equal rewards at advantage 0, > 0."""
+    scale_rewards: bool = True
+    """Divide by the group std (GRPO); False keeps r − mean (Dr. GRPO)."""
+    length_normalization: bool = True
+    """Average each sequence over its own length |o_i| (GRPO); False divides by max_new_tokens (Dr. GRPO)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("group_size", self.group_size, 2, math.inf, integer=True, high_open=True)
+        check_range("beta", self.beta, 0, math.inf, high_open=True)
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        check_range("clip_eps", self.clip_eps, 0, math.inf, low_open=True, high_open=True)
+        check_range("n_epochs", self.n_epochs, 1, math.inf, integer=True, high_open=True)
+        check_range("n_minibatches", self.n_minibatches, 1, math.inf, integer=True, high_open=True)
+        check_range("adv_eps", self.adv_eps, 0, math.inf, low_open=True, high_open=True)
+
+
+def grpo_loss(
+    logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps, beta, kl_estimator, length_normalization
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``−J(θ)`` and the per-token KL: (B, T) token terms, (B,) advantages broadcast over tokens."""
+    ratio = (logprobs - old_logprobs).exp()  # (B, T)
+    surrogate = torch.minimum(ratio * advantages[:, None], ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages[:, None])
+    kl = kl_estimates(logprobs, ref_logprobs, kl_estimator)  # (B, T)
+    per_token = torch.where(mask, surrogate - beta * kl, 0.0)  # (B, T)
+    lengths = mask.sum(-1).clamp(min=1) if length_normalization else mask.shape[1]
+    return -(per_token.sum(-1) / lengths).mean(), kl
+
+
+class GRPO(Agent):
+    config_class = GRPOConfig
+
+    def __init__(self, env, config: GRPOConfig | None = None, policy=None):
+        super().__init__(env, config if config is not None else GRPOConfig(), policy)
+        if self.config.n_minibatches > self.env.num_envs:
+            raise ValueError(f"n_minibatches={self.config.n_minibatches} exceeds the batch (num_envs={self.env.num_envs})")
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        c, b_mask = self.config, rollout.mask
+        b_advantages = group_advantages(rollout.scores, c.group_size, c.adv_eps, c.scale_rewards)  # (B,)
+        stats: dict[str, list[float]] = {k: [] for k in ("loss", "kl", "entropy", "approx_kl", "clipfrac")}
+        for _ in range(c.n_epochs):
+            order = torch.randperm(b_mask.shape[0], generator=self.generator, device=b_mask.device)
+            for mb in order.chunk(c.n_minibatches):
+                mb_mask = b_mask[mb]
+                scored = self.policy.score(rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_width)
+                loss, kl = grpo_loss(
+                    scored.logprobs, rollout.logprobs[mb], rollout.ref_logprobs[mb], b_advantages[mb], mb_mask,
+                    clip_eps=c.clip_eps, beta=c.beta, kl_estimator=c.kl_estimator,
+                    length_normalization=c.length_normalization,
+                )
+                self.optimizer_step(loss)
+                approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[mb], mb_mask, c.clip_eps)
+                for key, value in zip(stats, (loss, masked_mean(kl, mb_mask), masked_mean(scored.entropy, mb_mask), approx_kl, clipfrac)):
+                    stats[key].append(float(value.detach()))
+        return {key: sum(v) / len(v) for key, v in stats.items()}

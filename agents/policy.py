@@ -1,0 +1,342 @@
+"""The agents' policy: any Hugging Face causal LM, stepped with a KV cache and re-scored by teacher forcing.
+
+Two phases share one model:
+
+* rollout (``begin`` / ``act`` / ``advance``): one token per call through a :class:`CachedLM`,
+  under ``torch.no_grad()``, with no host synchronisation;
+* update (``score``): one teacher-forced forward over the whole ``(B, P+T)`` buffer, with
+  gradients, returning the log-probs, entropies and values of the response tokens.
+
+Both use the env's token layout (prompts left-padded to width ``P``, responses right-padded in
+columns ``P .. P+T-1``) and explicit ``position_ids``, so the two phases give the same log-probs
+(to ~1e-6 in fp32). Dropout stays off in both phases: the PPO ratio ``π_θ/π_θold`` must compare
+the same deterministic function, so :meth:`Policy.train` leaves the wrapped models in eval mode
+(TRL disables dropout for the same reason).
+
+Log-probs and sampling filters. Every log-prob this module returns is
+``log_softmax(logits / temperature)[a]`` of the *unfiltered* temperature-scaled distribution,
+which is exactly what ``score`` re-computes. ``top_k``/``top_p`` only restrict which tokens
+``act`` may sample; when they are used the behaviour policy is the filtered distribution, not the
+one whose log-probs are reported, so sampling is slightly off-policy. The defaults
+(``top_k=0``, ``top_p=1``) are exactly on-policy.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tokengym.envs.cached_lm import CachedLM, positions_from_mask
+from tokengym.envs.loading import load_causal_lm, vocab_width
+
+__all__ = ["Policy", "PolicyStep", "SamplingConfig", "Scored", "filter_logits"]
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+"""Value head weights inside a saved policy directory."""
+VALUE_MODEL_DIR = "value_model"
+"""Sub-directory holding the separate value trunk of a saved policy, if it has one."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How ``act`` samples; see the module docstring for how this relates to the log-probs."""
+
+    temperature: float = 1.0
+    """Logits are divided by this before softmax; > 0 and finite. Also used by ``score``."""
+    top_k: int = 0
+    """Sample only among the k most likely tokens; 0 disables. Integer >= 0."""
+    top_p: float = 1.0
+    """Sample only from the smallest set of tokens whose probability reaches top_p; in (0, 1], 1 disables."""
+
+    def __post_init__(self):
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """(..., V) logits with ``-inf`` on the tokens that top-k, then top-p, exclude.
+
+    Top-k keeps the ``k`` largest logits (ties with the k-th are kept too). Top-p then keeps the
+    minimal nucleus of the top-k-renormalised distribution: tokens in decreasing probability up to
+    and including the first one at which the cumulative probability reaches ``top_p``. The most
+    likely token is always kept. ``top_k=0`` and ``top_p=1`` disable each filter (the order
+    temperature → top-k → top-p is Hugging Face ``generate``'s).
+    """
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)  # (..., V)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
+        sorted_probs = sorted_logits.softmax(dim=-1)  # (..., V)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (..., V) mass of the more likely tokens
+        sorted_remove = mass_before >= top_p  # (..., V)
+        remove = sorted_remove.scatter(-1, order, sorted_remove)  # (..., V) back in vocabulary order
+        logits = logits.masked_fill(remove, -math.inf)  # (..., V)
+    return logits
+
+
+class PolicyStep(NamedTuple):
+    """What ``act`` returns for one step of a batch of B rows."""
+
+    actions: torch.Tensor
+    """(B,) int64 sampled token ids."""
+    logprobs: torch.Tensor
+    """(B,) float log π_θ(a_t|s_t) under the unfiltered temperature-scaled distribution."""
+    values: torch.Tensor | None
+    """(B,) float V(s_t), or None without a value function."""
+
+
+class Scored(NamedTuple):
+    """What ``score`` returns for the T response columns of a (B, P+T) buffer."""
+
+    logprobs: torch.Tensor
+    """(B, T) log π_θ(a_t|s_t) of the buffer's response tokens, with gradients."""
+    entropy: torch.Tensor
+    """(B, T) entropy of π_θ(·|s_t) (temperature-scaled, unfiltered)."""
+    values: torch.Tensor | None
+    """(B, T) V(s_t), the state before response token t, or None without a value function."""
+
+
+def _hidden_size(model: torch.nn.Module) -> int:
+    """Width of the last hidden state (the input width of the LM head)."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        return int(head.weight.shape[1])
+    return int(model.config.get_text_config().hidden_size)
+
+
+class Policy(torch.nn.Module):
+    """A causal LM as a token-level policy, with an optional value function.
+
+    Build it with :meth:`from_pretrained`. The value function is either a head on the policy's own
+    last hidden state (``value_head=True``; the value loss then also trains the shared trunk) or
+    a separate copy of the LM with its own head (``separate_value_model=True``). Values are computed
+    in fp32 whatever the model's dtype.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        value_head: bool = False,
+        value_model: torch.nn.Module | None = None,
+        sampling: SamplingConfig | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.value_model = value_model  # separate value trunk (a causal LM feeding the head) or None
+        self.value_head: torch.nn.Linear | None = None
+        if value_head or value_model is not None:
+            trunk = value_model if value_model is not None else model
+            device = next(trunk.parameters()).device
+            self.value_head = torch.nn.Linear(_hidden_size(trunk), 1, device=device)
+            # Small initial values, so early value errors do not swamp the first updates.
+            torch.nn.init.normal_(self.value_head.weight, std=1e-2)
+            torch.nn.init.zeros_(self.value_head.bias)
+        self.sampling = sampling if sampling is not None else SamplingConfig()
+        self._lm: CachedLM | None = None
+        self._value_lm: CachedLM | None = None
+        self._logits: torch.Tensor | None = None  # (B, V) logits for the next action
+        self.train(False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_model: str | os.PathLike | torch.nn.Module = "embedded",
+        *,
+        device: str | torch.device = "cpu",
+        value_head: bool = False,
+        separate_value_model: bool = False,
+        dtype: torch.dtype | None = torch.float32,
+        trust_remote_code: bool = False,
+        sampling: SamplingConfig | None = None,
+    ) -> "Policy":
+        """A policy around ``"embedded"``, a hub name, a local directory or a built model instance.
+
+        A directory written by :meth:`save_pretrained` also restores its value head
+        (``value_head.safetensors``) and its separate value model (``value_model/``) when present,
+        whatever ``value_head`` / ``separate_value_model`` say. A model instance is moved to
+        ``device`` and cast to ``dtype`` (``dtype=None`` keeps its dtype). A fresh separate value
+        model starts as a copy of the policy LM.
+        """
+        saved = None
+        if isinstance(name_or_model, torch.nn.Module):
+            model = name_or_model if dtype is None else name_or_model.to(dtype)
+            model = model.to(device)
+        else:
+            model = load_causal_lm(name_or_model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            if Path(name_or_model).is_dir():
+                saved = Path(name_or_model)
+        value_model = None
+        if saved is not None and (saved / VALUE_MODEL_DIR).is_dir():
+            value_model = load_causal_lm(
+                saved / VALUE_MODEL_DIR, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            )
+        elif separate_value_model:
+            value_model = copy.deepcopy(model)
+        head_file = saved / VALUE_HEAD_FILE if saved is not None else None
+        has_head_file = head_file is not None and head_file.is_file()
+        policy = cls(model, value_head=value_head or has_head_file, value_model=value_model, sampling=sampling)
+        if has_head_file:
+            policy.value_head.load_state_dict(load_file(head_file, device=str(policy.device)))
+        return policy
+
+    # ----------------------------------------------------------------- properties and parameters
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        """V, the logits width (may exceed ``len(tokenizer)``)."""
+        return vocab_width(self.model)
+
+    def train(self, mode: bool = True) -> "Policy":
+        """Set the module's mode but keep the LMs in eval mode (dropout off; see the module docstring)."""
+        super().train(mode)
+        self.model.eval()
+        if self.value_model is not None:
+            self.value_model.eval()
+        return self
+
+    def policy_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Parameters of the policy LM (with a shared value head, the trunk the value loss also trains)."""
+        return self.model.parameters()
+
+    def value_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Parameters only the value function has: the head, plus the separate value model if any."""
+        if self.value_head is not None:
+            yield from self.value_head.parameters()
+        if self.value_model is not None:
+            yield from self.value_model.parameters()
+
+    def reference(self) -> torch.nn.Module:
+        """A frozen deep copy of the LM (eval mode, no trainable parameters) for KL terms."""
+        ref = copy.deepcopy(self.model).eval()
+        ref.requires_grad_(False)
+        return ref
+
+    # ----------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def begin(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        """Prefill the KV cache with (B, P) left-padded prompts (``prompt_mask`` True on real tokens)."""
+        shared_value = self.value_head is not None and self.value_model is None
+        self._lm = CachedLM(self.model, output_hidden_states=shared_value)
+        self._logits = self._lm.prefill(prompt_ids, prompt_mask)  # (B, V)
+        self._value_lm = None
+        if self.value_model is not None:
+            self._value_lm = CachedLM(self.value_model, output_hidden_states=True)
+            self._value_lm.prefill(prompt_ids, prompt_mask)
+
+    @torch.no_grad()
+    def act(self, generator: torch.Generator | None = None) -> PolicyStep:
+        """Sample one action per row from the current state; a seeded ``generator`` (on the
+        policy's device) makes it reproducible."""
+        if self._logits is None:
+            raise RuntimeError("Policy.act called before Policy.begin(prompt_ids, prompt_mask)")
+        logits = self._logits / self.sampling.temperature  # (B, V)
+        logprobs_all = logits.log_softmax(dim=-1)  # (B, V)
+        sample_logits = filter_logits(logits, self.sampling.top_k, self.sampling.top_p)  # (B, V)
+        probs = sample_logits.softmax(dim=-1)  # (B, V)
+        actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        logprobs = logprobs_all.gather(-1, actions[:, None]).squeeze(-1)  # (B,)
+        return PolicyStep(actions, logprobs, self._rollout_values())
+
+    @torch.no_grad()
+    def advance(self, actions: torch.Tensor) -> None:
+        """Append the (B,) chosen tokens to the cache."""
+        if self._lm is None:
+            raise RuntimeError("Policy.advance called before Policy.begin(prompt_ids, prompt_mask)")
+        self._logits = self._lm.step(actions)  # (B, V)
+        if self._value_lm is not None:
+            self._value_lm.step(actions)
+
+    def _rollout_values(self) -> torch.Tensor | None:
+        """(B,) V(s_t) from the hidden state behind the current logits, or None."""
+        if self.value_head is None:
+            return None
+        lm = self._value_lm if self._value_lm is not None else self._lm
+        return self.value_head(lm.last_hidden.float()).squeeze(-1)  # (B,)
+
+    # ----------------------------------------------------------------- update
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> Scored:
+        """Teacher-forced log-probs, entropies and values of the response columns, with gradients.
+
+        ``input_ids`` / ``attention_mask`` are the env's (B, P+T) buffer; the response token of
+        column ``P+t`` is scored from the logits and hidden state at column ``P+t−1``, the state in
+        which it was chosen. Entries on invalid (padded) response columns are meaningless; mask them.
+        """
+        P = prompt_width
+        T = input_ids.shape[1] - P
+        positions = positions_from_mask(attention_mask)  # (B, P+T)
+        mask = attention_mask.long()  # (B, P+T)
+        shared_value = self.value_head is not None and self.value_model is None
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            output_hidden_states=shared_value,
+            logits_to_keep=T + 1,  # columns P-1 .. P+T-1; the last one predicts past the buffer
+        )
+        logits = out.logits[:, :-1].float() / self.sampling.temperature  # (B, T, V)
+        logprobs_all = logits.log_softmax(dim=-1)  # (B, T, V)
+        actions = input_ids[:, P:]  # (B, T)
+        logprobs = logprobs_all.gather(-1, actions[..., None]).squeeze(-1)  # (B, T)
+        entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)  # (B, T)
+
+        values = None
+        if self.value_head is not None:
+            if shared_value:
+                hidden = out.hidden_states[-1]  # (B, P+T, H)
+            else:
+                hidden = self.value_model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    output_hidden_states=True,
+                    logits_to_keep=1,  # the value trunk's LM head is unused
+                ).hidden_states[-1]  # (B, P+T, H)
+            values = self.value_head(hidden[:, P - 1 : P + T - 1].float()).squeeze(-1)  # (B, T)
+        return Scored(logprobs, entropy, values)
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Save so that ``transformers`` alone loads the LM and :meth:`from_pretrained` restores all.
+
+        Layout: the LM's ``save_pretrained`` files (safetensors); ``value_head.safetensors``; and
+        ``value_model/`` for a separate value model. Written to a temporary sibling directory and
+        renamed into place, so a crash never leaves a half-written ``directory``.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            self.model.save_pretrained(tmp)
+            if self.value_head is not None:
+                state = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
+                save_file(state, tmp / VALUE_HEAD_FILE)
+            if self.value_model is not None:
+                self.value_model.save_pretrained(tmp / VALUE_MODEL_DIR)
+            # rename() cannot replace a non-empty directory: move the old one aside first.
+            old = None
+            if directory.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+                os.replace(directory, old / directory.name)
+            os.replace(tmp, directory)
+            if old is not None:
+                shutil.rmtree(old)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

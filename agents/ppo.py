@@ -1,0 +1,110 @@
+"""PPO-clip (Schulman et al. 2017), InstructGPT style (Ouyang et al. 2022).
+
+KL to the reference enters through the env's KL-shaped reward (per-token ``-β·KL``), not the loss.
+Per batch: GAE(γ, λ) advantages, whitened; then several epochs of minibatches on
+``min(ρ_t A_t, clip(ρ_t, 1−ε, 1+ε) A_t)`` with ``ρ_t = π_θ/π_θold``, a (optionally clipped) value
+loss and an entropy bonus, stopping early when the approximate KL passes ``target_kl``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tokengym.agents.advantages import (
+    approx_kl_and_clipfrac, explained_variance, gae, masked_mean, masked_whiten,
+)
+from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+
+__all__ = ["PPO", "PPOConfig", "ppo_clip_loss"]
+
+
+@dataclass
+class PPOConfig(AgentConfig):
+    lr: float = 1e-4
+    """Adam learning rate, > 0."""
+    clip_eps: float = 0.2
+    """Ratio clip ε, > 0."""
+    gae_lambda: float = 0.95
+    """GAE λ in [0, 1]."""
+    n_epochs: int = 4
+    """Passes over each batch, ≥ 1."""
+    n_minibatches: int = 4
+    """Minibatches per epoch (rows are split evenly), ≥ 1 and ≤ the batch size."""
+    value_coef: float = 0.5
+    """Weight of the value loss, ≥ 0."""
+    value_clip: float | None = 0.2
+    """Clip of the value change around the rollout values (None: unclipped), > 0."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight, ≥ 0."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean and unit variance over the batch's valid tokens."""
+    target_kl: float | None = 0.1
+    """Stop the epochs once approx KL(π_old‖π_θ) exceeds 1.5× this (None: never), > 0."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("clip_eps", self.clip_eps, 0, math.inf, low_open=True, high_open=True)
+        check_range("gae_lambda", self.gae_lambda, 0, 1)
+        check_range("n_epochs", self.n_epochs, 1, math.inf, integer=True, high_open=True)
+        check_range("n_minibatches", self.n_minibatches, 1, math.inf, integer=True, high_open=True)
+        check_range("value_coef", self.value_coef, 0, math.inf, high_open=True)
+        check_range("entropy_coef", self.entropy_coef, 0, math.inf, high_open=True)
+        if self.value_clip is not None:
+            check_range("value_clip", self.value_clip, 0, math.inf, low_open=True, high_open=True)
+        if self.target_kl is not None:
+            check_range("target_kl", self.target_kl, 0, math.inf, low_open=True, high_open=True)
+
+
+def ppo_clip_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float
+) -> torch.Tensor:
+    """Token-mean of ``−min(ρA, clip(ρ, 1−ε, 1+ε)A)``; zero gradient wherever the clip binds."""
+    ratio = (logprobs - old_logprobs).exp()  # (B, T)
+    unclipped = ratio * advantages  # (B, T)
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages  # (B, T)
+    return -masked_mean(torch.minimum(unclipped, clipped), mask)
+
+
+class PPO(Agent):
+    config_class = PPOConfig
+    needs_values = True
+
+    def __init__(self, env, config: PPOConfig | None = None, policy=None):
+        super().__init__(env, config, policy)
+        if self.config.n_minibatches > self.env.num_envs:
+            raise ValueError(
+                f"n_minibatches={self.config.n_minibatches} exceeds the batch (num_envs={self.env.num_envs})"
+            )
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        c, b_mask = self.config, rollout.mask
+        b_advantages, b_returns = gae(rollout.rewards, rollout.values, b_mask, c.gamma, c.gae_lambda)
+        if c.whiten_advantages:
+            b_advantages = masked_whiten(b_advantages, b_mask)
+        B = b_mask.shape[0]
+        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
+        for epoch in range(c.n_epochs):
+            order = torch.randperm(B, generator=self.generator, device=b_mask.device)
+            for mb in order.chunk(c.n_minibatches):
+                mb_mask = b_mask[mb]
+                scored = self.policy.score(rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_width)
+                pg_loss = ppo_clip_loss(scored.logprobs, rollout.logprobs[mb], b_advantages[mb], mb_mask, c.clip_eps)
+                value_error = (scored.values - b_returns[mb]) ** 2  # (b, T)
+                if c.value_clip is not None:  # clip the value change, as in PPO2/cleanrl
+                    mb_old_values = rollout.values[mb]
+                    clipped_values = mb_old_values + (scored.values - mb_old_values).clamp(-c.value_clip, c.value_clip)
+                    value_error = torch.maximum(value_error, (clipped_values - b_returns[mb]) ** 2)
+                value_loss = 0.5 * masked_mean(value_error, mb_mask)
+                entropy = masked_mean(scored.entropy, mb_mask)
+                self.optimizer_step(pg_loss + c.value_coef * value_loss - c.entropy_coef * entropy)
+                approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[mb], mb_mask, c.clip_eps)
+                for key, value in zip(stats, (pg_loss, value_loss, entropy, approx_kl, clipfrac)):
+                    stats[key].append(float(value.detach()))
+            if c.target_kl is not None and stats["approx_kl"][-1] > 1.5 * c.target_kl:
+                break  # early stop (cleanrl uses the same test per minibatch; we check per epoch)
+        summary = {key: sum(v) / len(v) for key, v in stats.items()}
+        summary["epochs"] = epoch + 1
+        summary["explained_variance"] = float(explained_variance(rollout.values, b_returns, b_mask))
+        return summary

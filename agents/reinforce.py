@@ -1,0 +1,82 @@
+"""REINFORCE (Williams 1992) with reward-to-go and an optional baseline.
+
+``∇J = E[Σ_t ∇log π_θ(a_t|s_t) (G_t − b)]`` with ``G_t = Σ_{k≥t} γ^{k−t} r_k``: the log-derivative
+trick, where only the rewards after ``t`` multiply the score of action ``t``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokengym.agents.advantages import (
+    MovingAverageBaseline, discounted_returns, leave_one_out_baseline, masked_mean,
+)
+from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+
+__all__ = ["REINFORCE", "REINFORCEConfig"]
+
+BASELINES = ("none", "moving-average", "leave-one-out")
+
+
+@dataclass
+class REINFORCEConfig(AgentConfig):
+    lr: float = 1e-4
+    """Adam learning rate, > 0."""
+    baseline: str = "moving-average"
+    """'none', 'moving-average' (EMA of past returns) or 'leave-one-out' (RLOO; needs group_size ≥ 2)."""
+    baseline_momentum: float = 0.9
+    """EMA weight of the old value for the moving-average baseline, in [0, 1)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight, ≥ 0."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.baseline == "leave-one-out" and self.group_size < 2:
+            raise ValueError(f"baseline='leave-one-out' needs group_size >= 2, got {self.group_size}")
+        check_range("baseline_momentum", self.baseline_momentum, 0, 1, high_open=True)
+        check_range("entropy_coef", self.entropy_coef, 0, float("inf"), high_open=True)
+
+
+class REINFORCE(Agent):
+    """Monte-Carlo policy gradient. The loss sums over a sequence's tokens and averages over
+    sequences, so its gradient is the textbook estimator of ``∇E[Σ_t γ^t r_t]`` (for γ = 1)."""
+
+    config_class = REINFORCEConfig
+
+    def __init__(self, env, config: REINFORCEConfig | None = None, policy=None):
+        super().__init__(env, config, policy)
+        self.moving_average = MovingAverageBaseline(self.config.baseline_momentum)
+
+    def baseline(self, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) baseline for the reward-to-go ``returns``; never depends on the row's own sample."""
+        if self.config.baseline == "moving-average":
+            return self.moving_average.update(returns[mask]).expand_as(returns)
+        if self.config.baseline == "leave-one-out":
+            per_step = [leave_one_out_baseline(returns[:, t], self.config.group_size) for t in range(returns.shape[1])]
+            return torch.stack(per_step, dim=1)  # (B, T)
+        return torch.zeros_like(returns)
+
+    def loss(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        """The surrogate whose gradient is the REINFORCE estimate (also used by the gradient test)."""
+        mask = rollout.mask
+        returns = discounted_returns(rollout.rewards, mask, self.config.gamma)  # (B, T)
+        advantages = torch.where(mask, returns - self.baseline(returns, mask), 0.0)  # (B, T)
+        scored = self.policy.score(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+        pg_loss = -(scored.logprobs * advantages * mask).sum(-1).mean()
+        entropy = masked_mean(scored.entropy, mask)
+        loss = pg_loss - self.config.entropy_coef * entropy
+        return loss, {"pg_loss": float(pg_loss.detach()), "entropy": float(entropy.detach())}
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        loss, stats = self.loss(rollout)
+        self.optimizer_step(loss)
+        return stats
+
+    def extra_state(self) -> dict:
+        return {"moving_average": torch.as_tensor(self.moving_average.value)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.moving_average.value = state["moving_average"]

@@ -1,0 +1,196 @@
+"""Agents: configs, loss maths against closed forms, the exact REINFORCE gradient, save/resume."""
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+from conftest import build_tiny_lm, build_word_tokenizer
+
+import tokengym  # noqa: F401  (registers the envs)
+from tokengym.agents import A2C, GRPO, PPO, REINFORCE, A2CConfig, GRPOConfig, Policy, PPOConfig, REINFORCEConfig
+from tokengym.agents.advantages import group_advantages
+from tokengym.agents.grpo import grpo_loss
+from tokengym.agents.ppo import ppo_clip_loss
+from tokengym.envs import calibration
+
+
+def calibration_env(num_envs=16, **kwargs):
+    return gym.make_vec("tokengym/Calibration-v0", num_envs=num_envs, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "config_class, field, value, match",
+    [
+        (PPOConfig, "clip_eps", 0.0, r"clip_eps must be a number in \(0"),
+        (PPOConfig, "clip_eps", -0.1, "clip_eps"),
+        (PPOConfig, "gamma", 1.5, r"gamma must be a number in \[0, 1\]"),
+        (PPOConfig, "gae_lambda", -0.1, r"gae_lambda must be a number in \[0, 1\]"),
+        (A2CConfig, "gae_lambda", 2.0, "gae_lambda"),
+        (A2CConfig, "lr", 0.0, r"lr must be a number in \(0"),
+        (REINFORCEConfig, "lr", -1e-3, "lr"),
+        (GRPOConfig, "group_size", 1, r"group_size must be an integer in \[2"),
+        (GRPOConfig, "beta", -0.1, "beta"),
+        (GRPOConfig, "kl_estimator", "k4", "kl_estimator must be 'k1', 'k2' or 'k3'"),
+        (REINFORCEConfig, "baseline", "median", "baseline must be one of"),
+        (PPOConfig, "temperature", 0.0, "temperature"),
+    ],
+)
+def test_invalid_configs_name_the_field(config_class, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        config_class(**{field: value})
+
+
+def test_batch_must_be_divisible_by_the_group():
+    with pytest.raises(ValueError, match="group_size=4 must divide the batch"):
+        GRPO(calibration_env(num_envs=6), GRPOConfig(group_size=4))
+
+
+def test_policy_vocab_must_fit_the_env():
+    policy = Policy.from_pretrained(build_tiny_lm(vocab_size=9, n_positions=8))
+    with pytest.raises(ValueError, match=r"vocabulary \(9 logits\) does not fit .*Discrete\(8\)"):
+        REINFORCE(calibration_env(), policy=policy)
+
+
+def test_agents_refuse_the_single_env():
+    with pytest.raises(TypeError, match="make_vec"):
+        REINFORCE(gym.make("tokengym/Calibration-v0"))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_ppo_clip_has_zero_gradient_exactly_where_clipped(sign):
+    eps = 0.2
+    # ratios: inside, above 1+ε, below 1−ε
+    ratios = torch.tensor([[1.05, 1.5, 0.5]])
+    old_logprobs = torch.zeros(1, 3)
+    logprobs = ratios.log().requires_grad_(True)
+    advantages = torch.full((1, 3), sign)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    ppo_clip_loss(logprobs, old_logprobs, advantages, mask, eps).backward()
+    grad = logprobs.grad[0]
+    # d/dlogρ of −ρA/3 is −ρA/3 where the unclipped term is active.
+    # A > 0: clipped (zero grad) above 1+ε only; A < 0: clipped below 1−ε only.
+    clipped = [False, sign > 0, sign < 0]
+    for i, is_clipped in enumerate(clipped):
+        expected = 0.0 if is_clipped else -ratios[0, i].item() * sign / 3
+        assert grad[i].item() == pytest.approx(expected, abs=1e-7), (i, sign)
+
+
+def test_grpo_loss_matches_the_per_sequence_length_normalised_objective():
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    advantages = torch.tensor([0.5, -1.0])
+    # On-policy (ratio 1) and ref = policy: J = mean_i (1/|o_i|) Σ_t A_i = mean(A)
+    loss, kl = grpo_loss(logprobs, logprobs, logprobs, advantages, mask, clip_eps=0.2, beta=0.1,
+                         kl_estimator="k3", length_normalization=True)
+    assert loss.item() == pytest.approx(-advantages.mean().item())
+    assert torch.all(kl == 0)
+    # Dr. GRPO normaliser: Σ_t A_i / T_max
+    loss, _ = grpo_loss(logprobs, logprobs, logprobs, advantages, mask, clip_eps=0.2, beta=0.1,
+                        kl_estimator="k3", length_normalization=False)
+    assert loss.item() == pytest.approx(-(0.5 * 3 - 1.0 * 2) / 3 / 2)
+    # With a reference differing by δ on one token, the KL term is β·k3(δ)/|o_i| averaged over rows.
+    ref = logprobs.clone()
+    ref[0, 0] -= 0.3  # log ρ = 0.3 there
+    loss, _ = grpo_loss(logprobs, logprobs, ref, advantages, mask, clip_eps=0.2, beta=0.1,
+                        kl_estimator="k3", length_normalization=True)
+    k3 = torch.expm1(torch.tensor(-0.3)) + 0.3
+    assert loss.item() == pytest.approx(-advantages.mean().item() + 0.1 * k3.item() / 3 / 2, rel=1e-6)
+
+
+def test_grpo_advantages_used_by_the_agent_match_the_formula():
+    agent = GRPO(calibration_env(num_envs=8), GRPOConfig(group_size=4))
+    rollout = agent.collect()
+    scores = rollout.scores.view(2, 4)
+    expected = (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + agent.config.adv_eps)
+    assert torch.allclose(group_advantages(rollout.scores, 4, agent.config.adv_eps), expected.reshape(-1))
+    # Each group shares its prompt: consecutive rows have identical prompts.
+    P = rollout.prompt_width
+    assert torch.equal(rollout.input_ids[:4, :P], rollout.input_ids[0:1, :P].expand(4, P))
+
+
+def exact_reward_gradient(policy: Policy) -> list[torch.Tensor]:
+    """∇_θ E_{y~π_θ}[R(y)] by enumerating all 512 sequences of Calibration-v0."""
+    sequences = calibration.all_sequences()
+    input_ids = torch.cat([torch.zeros(512, 1, dtype=torch.long), sequences], 1)
+    logits = policy.model(input_ids=input_ids).logits[:, :-1]
+    logprobs = logits.log_softmax(-1).gather(-1, sequences[..., None])[..., 0].sum(-1)  # (512,)
+    objective = (logprobs.exp() * calibration.calibration_reward(sequences)).sum()
+    return torch.autograd.grad(objective, list(policy.model.parameters()))
+
+
+def test_reinforce_gradient_converges_to_the_exact_gradient():
+    env = calibration_env(num_envs=512)
+    agent = REINFORCE(env, REINFORCEConfig(baseline="none"))
+    params = list(agent.policy.model.parameters())
+    exact = torch.cat([g.reshape(-1) for g in exact_reward_gradient(agent.policy)])
+    estimates = []
+    for _ in range(32):  # 32 × 512 = 16384 episodes
+        loss, _ = agent.loss(agent.collect())
+        grads = torch.autograd.grad(-loss, params)  # the loss is −Ĵ
+        estimates.append(torch.cat([g.reshape(-1) for g in grads]))
+    estimates = torch.stack(estimates)  # (32, n_params)
+    mean = estimates.mean(0)
+    # Unbiased: the Monte-Carlo error of the mean shrinks like 1/√N (≈ 0.18× one batch's error
+    # for N = 32); a biased estimator would plateau at its bias instead.
+    error_single = ((estimates - exact).norm(dim=1) / exact.norm()).mean()
+    error_mean = (mean - exact).norm() / exact.norm()
+    cosine = torch.nn.functional.cosine_similarity(mean, exact, dim=0)
+    assert cosine > 0.99, float(cosine)
+    assert error_mean < 0.1, float(error_mean)
+    assert error_mean < 0.45 * error_single, (float(error_mean), float(error_single))
+
+
+def test_nonfinite_loss_or_gradient_never_reaches_the_weights():
+    agent = REINFORCE(calibration_env())
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    first = next(agent.policy.parameters())
+    assert not agent.optimizer_step(first.sum() * float("nan"))
+    assert not agent.optimizer_step(first.sum() * float("inf"))
+    assert agent.skipped_updates == 2
+    assert all(torch.equal(a, p) for a, p in zip(before, agent.policy.parameters()))
+    assert agent.optimizer_step(first.sum())  # a finite loss does move them
+    assert not torch.equal(before[0], first)
+
+
+@pytest.mark.parametrize(
+    "agent_class, config",
+    [
+        (REINFORCE, REINFORCEConfig(lr=1e-2)),
+        (A2C, A2CConfig(lr=1e-2)),
+        (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2)),
+        (GRPO, GRPOConfig(lr=1e-2, group_size=4)),
+    ],
+)
+def test_save_load_resume_reproduces_the_next_iteration(tmp_path, agent_class, config):
+    agent = agent_class(calibration_env(num_envs=8), config)
+    agent.learn(8)
+    agent.save(tmp_path / "ckpt")
+    expected = agent.train_iteration()
+    expected_weights = [p.detach().clone() for p in agent.policy.parameters()]
+
+    resumed = agent_class.load(tmp_path / "ckpt", calibration_env(num_envs=8))
+    assert resumed.iteration == 1 and resumed.episodes == 8
+    got = resumed.train_iteration()
+    for key in ("reward", "kl_ref", "entropy"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    for a, b in zip(expected_weights, resumed.policy.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    # transformers alone loads the saved policy and reference
+    from transformers import AutoModelForCausalLM
+
+    for sub in ("policy", "reference"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / sub)
+        assert model.config.vocab_size == 8
+
+
+def test_history_logs_the_diagnostics_each_agent_promises():
+    expectations = {
+        REINFORCE: {"reward", "kl_ref", "entropy", "tokens_per_s"},
+        A2C: {"reward", "kl_ref", "entropy", "tokens_per_s", "explained_variance", "value_loss"},
+        PPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "explained_variance", "approx_kl", "clipfrac"},
+        GRPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "approx_kl", "clipfrac", "kl"},
+    }
+    for agent_class, keys in expectations.items():
+        history = agent_class(calibration_env(num_envs=8)).learn(8)
+        assert len(history) == 1 and keys <= set(history[0]), agent_class.__name__
+        assert "reward/holistic" in history[0] or any(k.startswith("reward/") for k in history[0])
