@@ -28,7 +28,6 @@ __all__ = [
     "group_advantages",
     "leave_one_out_baseline",
     "MovingAverageBaseline",
-    "kl_estimates",
     "approx_kl_and_clipfrac",
 ]
 
@@ -237,25 +236,6 @@ class MovingAverageBaseline:
         baseline = torch.as_tensor(self.value, dtype=returns.dtype, device=returns.device)
         self.value = self.momentum * baseline + (1 - self.momentum) * returns.mean()
         return baseline
-
-
-def kl_estimates(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
-    """Per-token estimates of KL(π_θ‖π_ref) from sampled actions, with ``log ρ = logprobs − ref_logprobs``.
-
-    Under samples from π_θ (http://joschu.net/blog/kl-approx.html):
-
-    * ``"k1" = log ρ``: unbiased, high variance, can be negative;
-    * ``"k2" = ½ (log ρ)²``: low variance, biased (equals KL only to second order in log ρ);
-    * ``"k3" = ρ⁻¹ − 1 + log ρ``: unbiased and always >= 0.
-    """
-    log_ratio = logprobs - ref_logprobs
-    if kind == "k1":
-        return log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio**2
-    if kind == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"kind must be one of 'k1', 'k2', 'k3' (KL estimators), got {kind!r}")
 
 
 @torch.no_grad()

@@ -225,6 +225,8 @@ class Agent:
         start = time.perf_counter()
         rollout = self.collect()
         rollout_seconds = time.perf_counter() - start
+        update_beta = getattr(self.env.reward, "update_beta", None)  # an adaptive KL-shaped reward
+        beta = {"beta": update_beta()} if callable(update_beta) else {}
         self.policy.train()
         diagnostics = self.update(rollout)
         self.policy.eval()
@@ -243,6 +245,7 @@ class Agent:
             "tokens_per_s": tokens / seconds,
             "rollout_tokens_per_s": tokens / rollout_seconds,
             "skipped_updates": self.skipped_updates,
+            **beta,
             **diagnostics,
         }
         self.history.append(stats)

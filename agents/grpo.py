@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tokengym.agents.advantages import approx_kl_and_clipfrac, group_advantages, kl_estimates, masked_mean
+from tokengym.agents.advantages import approx_kl_and_clipfrac, group_advantages, masked_mean
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+from tokengym.rewards.kl import kl_estimate
 
 __all__ = ["GRPO", "GRPOConfig", "grpo_loss"]
 
@@ -61,7 +62,7 @@ def grpo_loss(
     """``−J(θ)`` and the per-token KL: (B, T) token terms, (B,) advantages broadcast over tokens."""
     ratio = (logprobs - old_logprobs).exp()  # (B, T)
     surrogate = torch.minimum(ratio * advantages[:, None], ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages[:, None])
-    kl = kl_estimates(logprobs, ref_logprobs, kl_estimator)  # (B, T)
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)  # (B, T)
     per_token = torch.where(mask, surrogate - beta * kl, 0.0)  # (B, T)
     lengths = mask.sum(-1).clamp(min=1) if length_normalization else mask.shape[1]
     return -(per_token.sum(-1) / lengths).mean(), kl

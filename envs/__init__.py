@@ -10,7 +10,6 @@ from tokengym.envs import calibration
 from tokengym.envs.loading import (
     EMBEDDED_MODEL_DIR, load_causal_lm, load_tokenizer, register_builtin, vocab_width,
 )
-from tokengym.envs.prompts import SENTIMENT_PROMPTS
 from tokengym.envs.tasks import TASKS, Task, get_task, register_task
 
 __all__ = [
@@ -20,33 +19,7 @@ __all__ = [
 
 register_builtin("calibration", calibration.build_reference_model, calibration.build_tokenizer)
 
-
-def _vader():
-    from tokengym.rewards.scorers import VaderSentiment
-
-    return VaderSentiment()
-
-
-register_task(Task(
-    name="sentiment",
-    description="Continue a review opening; holistic VADER sentiment of the continuation.",
-    prompts=lambda: list(SENTIMENT_PROMPTS),
-    max_new_tokens=16,
-    scorer=_vader,
-))
-register_task(Task(
-    name="calibration",
-    description="8-token vocabulary, prompt [0], 3 actions, R(y)=Σ 1[y_t=t]; exact optimum known.",
-    model="calibration",
-    prompts=lambda: [[0]],
-    max_new_tokens=calibration.HORIZON,
-    stop=False,
-    scorer=calibration.CalibrationScorer,
-))
-register_task(Task(
-    name="custom",
-    description="Your own model/tokenizer, prompts and reward (pass them as keywords).",
-))
+from tokengym.envs import builtin_tasks  # noqa: E402,F401  (registers the tasks)
 
 
 def register_env(task: str, version: int = 0) -> str:

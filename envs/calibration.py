@@ -58,7 +58,7 @@ class CalibrationScorer:
     """Device token scorer for the calibration reward (no host reads)."""
 
     name = "calibration"
-    on_device = True
+    kind = "token"
 
     def __call__(self, prompt_ids, prompt_mask, response_ids, response_lengths) -> torch.Tensor:
         return calibration_reward(response_ids)

@@ -42,3 +42,29 @@ SENTIMENT_PROMPTS = [
     "The beach near the hotel",
     "Life in the city",
 ]
+
+# Keyword-constrained generation (CommonGen-like): the reward is the fraction of the listed words
+# that the continuation uses. Common words, so a small model already scores above zero.
+KEYWORD_PAIRS = [
+    ("dog", "park"), ("sun", "day"), ("love", "life"), ("money", "time"), ("man", "woman"),
+    ("book", "read"), ("water", "cold"), ("night", "sleep"), ("house", "old"), ("work", "hard"),
+    ("friend", "good"), ("world", "people"), ("god", "man"), ("war", "peace"), ("city", "light"),
+    ("food", "eat"), ("car", "road"), ("music", "play"), ("child", "mother"), ("king", "land"),
+    ("tree", "green"), ("rain", "wind"), ("heart", "love"), ("truth", "lie"), ("door", "open"),
+    ("fire", "hot"), ("sea", "ship"), ("school", "learn"), ("life", "death"), ("home", "family"),
+]
+
+
+def keyword_prompt(first: str, second: str) -> str:
+    return f"Use the words {first} and {second}. {first.capitalize()}"
+
+
+KEYWORD_PROMPTS = [keyword_prompt(a, b) for a, b in KEYWORD_PAIRS]
+
+
+def keywords_of(prompt: str) -> list[str]:
+    """The two required words of a keyword prompt (inverse of :func:`keyword_prompt`)."""
+    words = prompt.split(".")[0].removeprefix("Use the words ").split(" and ")
+    if len(words) != 2:
+        raise ValueError(f"not a keyword prompt: {prompt!r}")
+    return [w.strip() for w in words]

@@ -5,7 +5,7 @@ overridden by a keyword to ``gymnasium.make`` / ``make_vec``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 __all__ = ["Task", "TASKS", "get_task", "register_task"]
@@ -37,10 +37,8 @@ class Task:
     """Default reward name (see tokengym.rewards.make_reward)."""
     scorer: Callable[[], Any] | None = None
     """Builds the task's holistic scorer (text or token scorer)."""
-    segment_rewards: Callable[[], list] | None = None
-    """Builds the fine-grained (scorer, segmenter, weight, name) list, if the task has one."""
-    extra: dict = field(default_factory=dict)
-    """Anything else a task wants to pass to its reward."""
+    fine_grained: Callable[[], Any] | None = None
+    """Builds the task's fine-grained reward object (used for reward="fine-grained")."""
 
 
 TASKS: dict[str, Task] = {}

@@ -1,7 +1,8 @@
 """The token-level MDP as a native batched Gymnasium ``VectorEnv`` that lives on a torch device."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import copy
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -87,7 +88,8 @@ class TokenVectorEnv(VectorEnv):
     * ``model``: ``"embedded"`` (default), a built-in, a local directory, a hub name, or a model
       instance. The env only reads its config (``V``, context length); a KL-shaped reward loads it
       as the default frozen reference.
-    * ``tokenizer``: a tokenizer or a name; defaults to the model's.
+    * ``tokenizer``: a tokenizer or a name; defaults to the model's (none for a model instance,
+      which then needs token-id prompts).
     * ``prompts``: a list of strings or of token-id lists.
     * ``reward``: a reward object or a name (``"holistic"``, ``"fine-grained"``, ``"kl-shaped"``,
       ``"fine-grained+kl"``, see ``tokengym.rewards.make_reward``). ``reward_kwargs`` go to it.
@@ -160,8 +162,10 @@ class TokenVectorEnv(VectorEnv):
         else:
             config = load_model_config(self.model, trust_remote_code=trust_remote_code)
             self.vocab_size = vocab_width(config)
-        if tokenizer is None:
-            tokenizer = task.tokenizer if task.tokenizer is not None else self.model
+        if tokenizer is None and task.tokenizer is not None:
+            tokenizer = task.tokenizer
+        elif tokenizer is None and not isinstance(self.model, torch.nn.Module):
+            tokenizer = self.model  # a model instance names no tokenizer: token-id prompts only
         if isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         self.tokenizer = tokenizer
@@ -204,14 +208,19 @@ class TokenVectorEnv(VectorEnv):
         self.single_action_space = spaces.Discrete(V)
         self.action_space = spaces.MultiDiscrete([V] * num_envs)
 
-        # Reward.
+        # Reward. π_ref defaults to the policy's starting weights: the model name, or a frozen copy
+        # of a model instance (an agent may train that very instance in place).
         from tokengym.rewards import make_reward
 
+        reference = self.model
+        if isinstance(reference, torch.nn.Module):
+            reference = copy.deepcopy(reference).eval().requires_grad_(False)
         self.reward = make_reward(
             reward if reward is not None else task.reward,
-            task=task,
+            task_scorer=task.scorer() if task.scorer is not None else None,
+            fine_grained=task.fine_grained,
             tokenizer=tokenizer,
-            model=self.model,
+            model_name=reference,
             device=self.device,
             **(reward_kwargs or {}),
         )
@@ -220,6 +229,7 @@ class TokenVectorEnv(VectorEnv):
         B = num_envs
         self._input_ids = torch.full((B, L), self.pad_token_id, dtype=torch.long, device=self.device)
         self._attention_mask = torch.zeros((B, L), dtype=torch.long, device=self.device)
+        self._attention_bool = torch.zeros((B, L), dtype=torch.bool, device=self.device)  # the mask rewards see
         self._response_lengths = torch.zeros(B, dtype=torch.long, device=self.device)
         self._alive = torch.zeros(B, dtype=torch.bool, device=self.device)
         self._rows = torch.arange(B, device=self.device)
@@ -301,10 +311,11 @@ class TokenVectorEnv(VectorEnv):
         self._attention_mask[rows] = 0
         self._input_ids[rows, :P] = ids.to(self.device)
         self._attention_mask[rows, :P] = mask.to(self.device)
+        self._attention_bool[rows] = self._attention_mask[rows].bool()
         self._response_lengths[rows] = 0
         self._alive[rows] = True
-        for name in self._component_totals:
-            self._component_totals[name][rows] = 0.0
+        for name, total in self._component_totals.items():
+            self._component_totals[name] = total.index_fill(0, rows, 0.0)
         if self.tokenizer is not None:
             texts = self.tokenizer.batch_decode(prompts, skip_special_tokens=False)
         else:
@@ -317,7 +328,7 @@ class TokenVectorEnv(VectorEnv):
         self.reward.reset(
             EpisodeStart(
                 prompt_ids=self._input_ids[:, :P],
-                prompt_mask=self._attention_mask[:, :P].bool(),
+                prompt_mask=self._attention_bool[:, :P],
                 prompt_texts=tuple(self._prompt_texts),
                 rows=start_mask,
                 max_new_tokens=self.max_new_tokens,
@@ -354,14 +365,25 @@ class TokenVectorEnv(VectorEnv):
                 )
 
         acted = self._alive.clone()  # (B,)
-        columns = (P + self._response_lengths).clamp_(max=P + T - 1)[:, None]  # (B, 1)
-        # Rows that already ended keep what their column holds (pad, or their last token).
-        previous_ids = self._input_ids.gather(1, columns)  # (B, 1)
-        previous_mask = self._attention_mask.gather(1, columns)  # (B, 1)
-        self._input_ids.scatter_(1, columns, torch.where(acted[:, None], actions[:, None], previous_ids))
-        self._attention_mask.scatter_(1, columns, torch.where(acted[:, None], 1, previous_mask))
-        self._response_lengths += acted.long()
-        terminated = acted & torch.isin(actions, self._stop_ids)  # (B,)
+        actions = torch.where(acted, actions, self.pad_token_id)  # (B,) pad on rows that already ended
+        if self.metadata["autoreset_mode"] == AutoresetMode.DISABLED:
+            # Batch-synchronous: every acting row writes column P + t. A row that ended earlier holds
+            # a pad with mask 0 there, which is exactly what writing (pad, acted=False) leaves.
+            column = P + self._steps_since_reset
+            self._input_ids[:, column] = actions
+            self._attention_mask[:, column] = acted
+            self._attention_bool[:, column] = acted
+        else:
+            # SAME_STEP: ended rows restarted last step, so every row acts, at its own column (< P+T).
+            columns = (P + self._response_lengths)[:, None]  # (B, 1)
+            self._input_ids.scatter_(1, columns, actions[:, None])
+            self._attention_mask.scatter_(1, columns, acted[:, None].long())
+            self._attention_bool.scatter_(1, columns, acted[:, None])
+        self._response_lengths += acted
+        if self.stop_token_ids:
+            terminated = acted & torch.isin(actions, self._stop_ids)  # (B,)
+        else:
+            terminated = torch.zeros_like(acted)  # (B,)
         truncated = acted & ~terminated & (self._response_lengths >= T)  # (B,)
         ended = terminated | truncated
         self._alive &= ~ended
@@ -371,10 +393,10 @@ class TokenVectorEnv(VectorEnv):
             self.reward(
                 StepBatch(
                     input_ids=self._input_ids,
-                    attention_mask=self._attention_mask.bool(),
+                    attention_mask=self._attention_bool,
                     prompt_width=P,
                     response_lengths=self._response_lengths,
-                    actions=torch.where(acted, actions, self.pad_token_id),
+                    actions=actions,
                     acted=acted,
                     ended=ended,
                     action_logprobs=logprobs,
@@ -383,15 +405,18 @@ class TokenVectorEnv(VectorEnv):
                 )
             )
         )
-        rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
+        rewards = None
         for name, values in components.items():
             values = torch.where(acted, values.to(torch.float32), 0.0)  # (B,)
-            total = self._component_totals.setdefault(name, torch.zeros_like(rewards))
-            total += values
-            rewards += values
+            total = self._component_totals.get(name)
+            # Totals are replaced, never updated in place, so the info dicts handed out stay valid.
+            self._component_totals[name] = values.clone() if total is None else total + values
+            rewards = values if rewards is None else rewards + values
+        if rewards is None:
+            rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
 
         observation = self._observation()
-        info: dict[str, Any] = {"reward_components": {k: v.clone() for k, v in self._component_totals.items()}}
+        info: dict[str, Any] = {"reward_components": dict(self._component_totals)}
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
             observation, info = self._autoreset(ended, observation, info)
         return observation, rewards, terminated, truncated, info

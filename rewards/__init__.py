@@ -1,1 +1,26 @@
-"""tokengym.rewards."""
+"""tokengym.rewards: the reward protocol, holistic / fine-grained / KL-shaped rewards, offline
+scorers, composition, and reward-model training."""
+from tokengym.rewards.base import EpisodeStart, Reward, RewardOutput, StepBatch, as_components, check_scores
+from tokengym.rewards.compose import REWARD_NAMES, WeightedSum, make_reward
+from tokengym.rewards.fine_grained import FineGrained
+from tokengym.rewards.holistic import Holistic
+from tokengym.rewards.kl import ESTIMATORS, AdaptiveKL, KLShaped, kl_estimate
+from tokengym.rewards.reward_model import (
+    Log, LogSigmoid, NegPower, Power, PromptAware, load_pairs_jsonl, make_utility, preference_loss,
+    reward_collapse_experiment, synthetic_pairs, train_reward_model,
+)
+from tokengym.rewards.scorers import (
+    ExactMatch, KeywordInclusion, LengthWindow, Profanity, RegexMatch, RepetitionPenalty,
+    SequenceClassifierScorer, TokenScorer, TRLRewardFunction, VaderSentiment, score_texts, score_tokens,
+)
+from tokengym.rewards.segmenters import FixedSpan, Segmenter, Sentence, SubSentence, TokenSegmenter, get_segmenter
+
+__all__ = [
+    "AdaptiveKL", "ESTIMATORS", "EpisodeStart", "ExactMatch", "FineGrained", "FixedSpan", "Holistic",
+    "KLShaped", "KeywordInclusion", "LengthWindow", "Log", "LogSigmoid", "NegPower", "Power", "Profanity",
+    "PromptAware", "REWARD_NAMES", "RegexMatch", "RepetitionPenalty", "Reward", "RewardOutput", "Segmenter",
+    "Sentence", "SequenceClassifierScorer", "StepBatch", "SubSentence", "TRLRewardFunction", "TokenScorer",
+    "TokenSegmenter", "VaderSentiment", "WeightedSum", "as_components", "check_scores", "get_segmenter",
+    "kl_estimate", "load_pairs_jsonl", "make_reward", "make_utility", "preference_loss",
+    "reward_collapse_experiment", "score_texts", "score_tokens", "synthetic_pairs", "train_reward_model",
+]

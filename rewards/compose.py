@@ -1,0 +1,125 @@
+"""Composition (a weighted sum of rewards) and the name registry the env uses for ``reward=``."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .base import EpisodeStart, Reward, StepBatch, as_components
+from .fine_grained import FineGrained
+from .holistic import Holistic
+from .kl import KLShaped
+
+__all__ = ["WeightedSum", "make_reward", "REWARD_NAMES"]
+
+
+class WeightedSum:
+    """``Σ_i w_i · reward_i``: ``WeightedSum({name: (weight, reward), ...})``.
+
+    Every component is reported separately with its weight applied: a reward returning a tensor
+    appears as ``name``, one returning a dict as ``name/<component>``.
+    """
+
+    def __init__(self, rewards: Mapping[str, tuple[float, Any]]):
+        if not rewards:
+            raise ValueError("WeightedSum needs at least one (weight, reward)")
+        self.rewards = {name: (float(weight), reward) for name, (weight, reward) in rewards.items()}
+
+    def bind(self, model_name: str | os.PathLike | None = None, device: str | torch.device | None = None) -> "WeightedSum":
+        for _, reward in self.rewards.values():
+            if hasattr(reward, "bind"):
+                reward.bind(model_name, device)
+        return self
+
+    def reset(self, episodes: EpisodeStart) -> None:
+        for _, reward in self.rewards.values():
+            reward.reset(episodes)
+
+    def __call__(self, step: StepBatch) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, (weight, reward) in self.rewards.items():
+            output = reward(step)
+            if isinstance(output, torch.Tensor):
+                out[name] = weight * output
+            else:
+                for component, value in as_components(output, name).items():
+                    out[f"{name}/{component}"] = weight * value
+        return out
+
+
+REWARD_NAMES = ("holistic", "fine-grained", "kl-shaped", "fine-grained+kl")
+
+_KL_OPTIONS = {"beta", "estimator", "ref_model", "policy_model", "temperature"}
+_FG_OPTIONS = {"segment_scorer", "segmenter"}
+_OPTIONS = {
+    "holistic": set(),
+    "fine-grained": _FG_OPTIONS,
+    "kl-shaped": _KL_OPTIONS,
+    "fine-grained+kl": _FG_OPTIONS | _KL_OPTIONS,
+}
+
+
+def make_reward(
+    reward: str | Any,
+    *,
+    task_scorer: Any = None,
+    fine_grained: Callable[[], Any] | None = None,
+    tokenizer: Any = None,
+    model_name: str | os.PathLike | torch.nn.Module | None = None,
+    device: str | torch.device | None = None,
+    **options: Any,
+) -> Any:
+    """The reward object for ``reward`` (a name, or a reward object returned as is).
+
+    Names:
+
+    * ``"holistic"``: ``Holistic(task_scorer)``.
+    * ``"fine-grained"``: the task's ``fine_grained()`` reward; or, when it has none or when the
+      options ``segment_scorer`` / ``segmenter`` are given,
+      ``FineGrained([(segment_scorer or task_scorer, segmenter or "sentence", 1.0)])``.
+    * ``"kl-shaped"``: ``KLShaped(Holistic(task_scorer))``; options ``beta`` (default 0.05 or an
+      :class:`~tokengym.rewards.kl.AdaptiveKL`), ``estimator``, ``ref_model``, ``policy_model``,
+      ``temperature``.
+    * ``"fine-grained+kl"``: KL shaping around the fine-grained reward; both option sets.
+
+    The task supplies ``task_scorer`` (its holistic scorer, text or token) and optionally
+    ``fine_grained`` (a builder of its fine-grained reward). ``tokenizer`` is only checked: text
+    rewards need one. ``model_name`` (the env's policy model: a name, or a frozen module) and
+    ``device`` go to the reward's ``bind`` (objects included), so π_ref defaults to the policy's
+    starting weights and loads now.
+    """
+    if not isinstance(reward, str):
+        if not isinstance(reward, Reward):
+            raise TypeError(f"reward must be one of {REWARD_NAMES} or an object with reset() and __call__(), got {reward!r}")
+        if options:
+            raise TypeError(f"options {sorted(options)} apply to reward names only, not to a reward object")
+        if hasattr(reward, "bind"):
+            reward.bind(model_name, device)
+        return reward
+    if reward not in _OPTIONS:
+        raise ValueError(f"unknown reward {reward!r}; valid names: {', '.join(REWARD_NAMES)}, or a reward object")
+    unknown = set(options) - _OPTIONS[reward]
+    if unknown:
+        raise TypeError(f"reward {reward!r} got unknown options {sorted(unknown)}; accepted: {sorted(_OPTIONS[reward]) or 'none'}")
+
+    if reward in ("holistic", "kl-shaped"):
+        if task_scorer is None:
+            raise ValueError(f"reward {reward!r} needs the task's scorer (task_scorer=); this task has none")
+        if tokenizer is None and getattr(task_scorer, "kind", "text") != "token":
+            raise ValueError("a text scorer needs the env's tokenizer to decode responses (tokenizer=None)")
+        base: Any = Holistic(task_scorer)
+    else:
+        if tokenizer is None:
+            raise ValueError("fine-grained rewards segment decoded text; this env has no tokenizer")
+        if fine_grained is not None and not _FG_OPTIONS & set(options):
+            base = fine_grained()
+        else:
+            scorer = options.get("segment_scorer") or task_scorer
+            if scorer is None:
+                raise ValueError(f"reward {reward!r} needs a scorer: task_scorer= or segment_scorer=")
+            base = FineGrained([(scorer, options.get("segmenter", "sentence"), 1.0)])
+    if reward in ("kl-shaped", "fine-grained+kl"):
+        kl = {k: options[k] for k in _KL_OPTIONS & set(options)}
+        return KLShaped(base, **kl).bind(model_name, device)
+    return base

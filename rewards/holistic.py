@@ -1,0 +1,45 @@
+"""Holistic reward (DESIGN.md §2; seed 003): ``r_t = R(x, y)`` if ``t = T`` else ``0``."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import EpisodeStart, StepBatch
+from .scorers import is_token_scorer, score_texts, score_tokens, scorer_name
+
+__all__ = ["Holistic"]
+
+
+class Holistic:
+    """One scalar per episode, paid on the step that ends it.
+
+    A device token scorer runs on every step for every row with no host read:
+    ``torch.where(ended, score, 0)``. A text scorer needs text, so the reward reads ``ended`` on
+    the host once per step to find the rows that ended, and decodes and scores only those.
+
+    Returns ``{name: (B,) rewards}``; ``name`` defaults to the scorer's name.
+    """
+
+    def __init__(self, scorer: Any, name: str | None = None):
+        self.scorer = scorer
+        self.name = name or scorer_name(scorer)
+
+    def reset(self, episodes: EpisodeStart) -> None:
+        pass
+
+    def __call__(self, step: StepBatch) -> dict[str, torch.Tensor]:
+        if is_token_scorer(self.scorer):
+            p = step.prompt_width
+            scores = score_tokens(
+                self.scorer, step.input_ids[:, :p], step.attention_mask[:, :p], step.response_ids, step.response_lengths
+            )  # (B,)
+            return {self.name: torch.where(step.ended, scores, torch.zeros_like(scores))}
+        rewards = torch.zeros(step.ended.shape[0], dtype=torch.float32, device=step.ended.device)  # (B,)
+        rows = step.ended.nonzero().flatten().tolist()  # the one host read of this step
+        if rows:
+            completions = step.decode_responses(rows)
+            prompts = [step.prompt_texts[r] for r in rows]
+            scores = score_texts(self.scorer, prompts, completions)
+            rewards[rows] = torch.tensor(scores, dtype=torch.float32, device=rewards.device)
+        return {self.name: rewards}

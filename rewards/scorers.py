@@ -1,0 +1,391 @@
+"""Scorers: the functions a reward object calls to turn text (or tokens) into numbers.
+
+Two protocols:
+
+* **Text scorer** (host), the TRL reward-function convention::
+
+      scorer(prompts=list[str], completions=list[str], **kwargs) -> list[float]
+
+  Always called with keyword arguments ``prompts`` and ``completions`` (so a TRL function written
+  as ``def f(completions, **kwargs)`` works unchanged) and nothing else.
+* **Token scorer** (device)::
+
+      scorer(prompt_ids, prompt_mask, response_ids, response_lengths) -> (B,) float tensor
+
+  ``prompt_ids``/``prompt_mask`` are the (B, P) left-padded prompts, ``response_ids`` the (B, T)
+  right-padded responses and ``response_lengths`` (B,) their lengths. A token scorer must set the
+  attribute ``kind = "token"`` (wrap a plain function with :class:`TokenScorer`); anything else is
+  treated as a text scorer.
+
+Every result goes through :func:`score_texts` / :func:`score_tokens`, which validate it and name
+the scorer in the error (NaN, inf, wrong count, wrong type never pass silently).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import torch
+
+from .base import check_scores
+
+__all__ = [
+    "TextScorer",
+    "TokenScorerProtocol",
+    "TokenScorer",
+    "scorer_name",
+    "is_token_scorer",
+    "score_texts",
+    "score_tokens",
+    "VaderSentiment",
+    "Profanity",
+    "ExactMatch",
+    "RegexMatch",
+    "KeywordInclusion",
+    "LengthWindow",
+    "RepetitionPenalty",
+    "TRLRewardFunction",
+    "SequenceClassifierScorer",
+    "encode_texts",
+]
+
+
+class TextScorer(Protocol):
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]: ...
+
+
+class TokenScorerProtocol(Protocol):
+    kind: str  # "token"
+
+    def __call__(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_lengths: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+
+def scorer_name(scorer: Any) -> str:
+    """The name used in errors and as default component name."""
+    name = getattr(scorer, "name", None) or getattr(scorer, "__name__", None)
+    return str(name) if name else type(scorer).__name__
+
+
+def is_token_scorer(scorer: Any) -> bool:
+    return getattr(scorer, "kind", "text") == "token"
+
+
+def score_texts(scorer: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """Call a text scorer with ``prompts=``/``completions=`` and validate what it returns."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+    scores = scorer(prompts=list(prompts), completions=list(completions))
+    return check_scores(scores, len(completions), scorer=scorer_name(scorer))
+
+
+def score_tokens(
+    scorer: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_lengths: torch.Tensor,
+) -> torch.Tensor:
+    """Call a token scorer and validate its (B,) float tensor without reading it on the host.
+
+    Type, shape, dtype and device are always checked. Finiteness is checked only for CPU tensors:
+    on an accelerator it would cost a device sync every step.
+    """
+    name = scorer_name(scorer)
+    scores = scorer(prompt_ids, prompt_mask, response_ids, response_lengths)
+    batch = response_ids.shape[0]
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"token scorer {name!r} returned {type(scores).__name__}; expected a (B,) torch.Tensor")
+    if scores.shape != (batch,):
+        raise ValueError(f"token scorer {name!r} returned shape {tuple(scores.shape)}; expected ({batch},)")
+    if not scores.is_floating_point():
+        raise TypeError(f"token scorer {name!r} returned dtype {scores.dtype}; expected a float tensor")
+    if scores.device != response_ids.device:
+        raise ValueError(f"token scorer {name!r} returned a tensor on {scores.device}; expected {response_ids.device}")
+    if scores.device.type == "cpu" and not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"token scorer {name!r} returned a non-finite score")
+    return scores
+
+
+class TokenScorer:
+    """Marks a plain function ``f(prompt_ids, prompt_mask, response_ids, response_lengths)`` as a
+    device token scorer."""
+
+    kind = "token"
+
+    def __init__(self, fn: Callable[..., torch.Tensor], name: str | None = None):
+        self.fn = fn
+        self.name = name or scorer_name(fn)
+
+    def __call__(self, prompt_ids, prompt_mask, response_ids, response_lengths) -> torch.Tensor:
+        return self.fn(prompt_ids, prompt_mask, response_ids, response_lengths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped text scorers
+# ---------------------------------------------------------------------------------------------
+
+
+class VaderSentiment:
+    """VADER compound sentiment of the completion, in [-1, 1] (the prompt is ignored)."""
+
+    name = "vader"
+
+    def __init__(self):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.analyzer = SentimentIntensityAnalyzer()
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        return [self.analyzer.polarity_scores(text)["compound"] for text in completions]
+
+
+class Profanity:
+    """Probability in [0, 1] that the completion is profane (alt-profanity-check's linear model).
+
+    Higher is worse: give it a negative weight (or wrap it) to use it as a penalty."""
+
+    name = "profanity"
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        from profanity_check import predict_prob
+
+        if not completions:
+            return []
+        return [float(p) for p in predict_prob(list(completions))]
+
+
+def _per_prompt(spec: Any, prompt: str, what: str) -> Any:
+    """Resolve a per-prompt argument: a mapping keyed by prompt text, a callable, or a constant."""
+    if callable(spec):
+        return spec(prompt)
+    if isinstance(spec, Mapping):
+        if prompt not in spec:
+            raise KeyError(f"no {what} for prompt {prompt[:60]!r}")
+        return spec[prompt]
+    return spec
+
+
+class ExactMatch:
+    """1.0 if the stripped completion equals the (or one of the) target answer(s), else 0.0.
+
+    ``targets``: a string or list of strings used for every prompt, a mapping prompt -> target(s),
+    or a callable prompt -> target(s).
+    """
+
+    name = "exact_match"
+
+    def __init__(self, targets: Any, ignore_case: bool = False):
+        self.targets = targets
+        self.ignore_case = ignore_case
+
+    def _norm(self, text: str) -> str:
+        text = text.strip()
+        return text.lower() if self.ignore_case else text
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        out = []
+        for prompt, completion in zip(prompts, completions):
+            targets = _per_prompt(self.targets, prompt, "target")
+            targets = [targets] if isinstance(targets, str) else list(targets)
+            out.append(float(self._norm(completion) in {self._norm(t) for t in targets}))
+        return out
+
+
+class RegexMatch:
+    """1.0 if ``pattern`` is found in the completion (``re.search``; ``fullmatch=True`` for the whole
+    stripped completion), else 0.0."""
+
+    name = "regex_match"
+
+    def __init__(self, pattern: str | re.Pattern, fullmatch: bool = False, flags: int = 0):
+        self.pattern = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
+        self.fullmatch = fullmatch
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        match = self.pattern.fullmatch if self.fullmatch else self.pattern.search
+        return [float(match(c.strip() if self.fullmatch else c) is not None) for c in completions]
+
+
+class KeywordInclusion:
+    """CommonGen-style concept coverage: the fraction of required keywords present in the completion.
+
+    A keyword counts as present when it occurs as a whole word, case-insensitively, optionally with
+    one inflection suffix (s, es, d, ed, ing): "dog" matches "Dogs", not "dogma". ``keywords``: one
+    list for every prompt, a mapping prompt -> list, or a callable prompt -> list. An empty keyword
+    list scores 1.0.
+    """
+
+    name = "keyword_inclusion"
+    _SUFFIX = r"(?:s|es|d|ed|ing)?"
+
+    def __init__(self, keywords: Sequence[str] | Mapping[str, Sequence[str]] | Callable[[str], Sequence[str]]):
+        self.keywords = keywords
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        out = []
+        for prompt, completion in zip(prompts, completions):
+            words = list(_per_prompt(self.keywords, prompt, "keywords"))
+            if not words:
+                out.append(1.0)
+                continue
+            found = sum(
+                re.search(rf"\b{re.escape(w)}{self._SUFFIX}\b", completion, re.IGNORECASE) is not None for w in words
+            )
+            out.append(found / len(words))
+        return out
+
+
+class LengthWindow:
+    """1.0 if the completion has between ``min_words`` and ``max_words`` words (inclusive), else 0.0."""
+
+    name = "length_window"
+
+    def __init__(self, min_words: int, max_words: int):
+        if not 0 <= min_words <= max_words:
+            raise ValueError(f"LengthWindow needs 0 <= min_words <= max_words, got {min_words}, {max_words}")
+        self.min_words = min_words
+        self.max_words = max_words
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        return [float(self.min_words <= len(c.split()) <= self.max_words) for c in completions]
+
+
+class RepetitionPenalty:
+    """Minus the fraction of repeated word n-grams: ``-(1 - distinct / total)``, in (-1, 0].
+
+    0 for completions with fewer than ``n`` words. Words are lower-cased whitespace tokens."""
+
+    name = "repetition"
+
+    def __init__(self, n: int = 2):
+        if n < 1:
+            raise ValueError(f"RepetitionPenalty needs n >= 1, got {n}")
+        self.n = n
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        out = []
+        for completion in completions:
+            words = completion.lower().split()
+            grams = [tuple(words[i : i + self.n]) for i in range(len(words) - self.n + 1)]
+            out.append(-(1.0 - len(set(grams)) / len(grams)) if grams else 0.0)
+        return out
+
+
+class TRLRewardFunction:
+    """Adapter for a TRL-style reward function ``fn(prompts=..., completions=..., **kwargs)``.
+
+    ``kwargs`` given here are passed on every call (for example a dataset column). TRL lets a
+    function return ``None`` for samples it does not apply to; set ``none_value`` to map those to a
+    number, otherwise a ``None`` is an error.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str | None = None, none_value: float | None = None, **kwargs: Any):
+        self.fn = fn
+        self.name = name or scorer_name(fn)
+        self.none_value = none_value
+        self.kwargs = kwargs
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        scores = self.fn(prompts=prompts, completions=completions, **{**self.kwargs, **kwargs})
+        if self.none_value is not None and scores is not None:
+            scores = [self.none_value if s is None else s for s in scores]
+        return check_scores(scores, len(completions), scorer=self.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward models (Hugging Face sequence classification, num_labels=1)
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_texts(
+    tokenizer: Any, texts: Sequence[str], max_length: int, pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise ``texts`` and right-pad them into (N, L) ids and a bool mask.
+
+    Over-long texts keep their *last* ``max_length`` tokens: a reward model reads the completion,
+    which sits at the end. Shared by :class:`SequenceClassifierScorer` and reward-model training so
+    both see exactly the same tokens.
+    """
+    encoded = tokenizer(list(texts))["input_ids"]
+    encoded = [ids[-max_length:] if len(ids) > max_length else ids for ids in encoded]
+    width = max(1, max(len(ids) for ids in encoded))
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.bool)
+    for i, seq in enumerate(encoded):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = True
+    return ids.to(device), mask.to(device)
+
+
+def prepare_pad_token(model: torch.nn.Module, tokenizer: Any) -> int:
+    """Make batching work: GPT-2-like models have no pad token, so reuse EOS (in both the tokenizer
+    and ``model.config``, which sequence classification reads to find each row's last token)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return int(tokenizer.pad_token_id)
+
+
+def model_max_length(model: torch.nn.Module, cap: int = 1024) -> int:
+    from tokengym.envs.loading import max_positions
+
+    return min(cap, max_positions(model.config) or cap)
+
+
+class SequenceClassifierScorer:
+    """A reward model: ``AutoModelForSequenceClassification`` with one label, scored on
+    ``prompt + completion``; returns the scalar logit per text.
+
+    ``model``: a directory, ``"embedded"``-style name or hub name (loaded with its tokenizer), or a
+    module (then ``tokenizer`` is required). Texts are batched ``batch_size`` at a time on
+    ``device``, right-padded, and truncated from the left to the model's context.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | torch.nn.Module,
+        tokenizer: Any = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+        name: str | None = None,
+    ):
+        from tokengym.envs.loading import load_tokenizer, resolve_model_name
+
+        if isinstance(model, torch.nn.Module):
+            if tokenizer is None:
+                raise ValueError("SequenceClassifierScorer: pass tokenizer= together with a model module")
+            self.name = name or "reward_model"
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            path = resolve_model_name(model)
+            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
+            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=os.path.exists(path))
+            self.name = name or f"rm:{os.path.basename(os.fspath(path).rstrip('/'))}"
+        if model.config.num_labels != 1:
+            raise ValueError(f"SequenceClassifierScorer needs num_labels=1, the model has {model.config.num_labels}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.pad_id = prepare_pad_token(self.model, tokenizer)
+        self.max_length = model_max_length(self.model)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        texts = [p + c for p, c in zip(prompts, completions)]
+        out: list[float] = []
+        for i in range(0, len(texts), self.batch_size):
+            ids, mask = encode_texts(self.tokenizer, texts[i : i + self.batch_size], self.max_length, self.pad_id, self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask.long()).logits  # (b, 1)
+            out.extend(logits[:, 0].float().tolist())
+        return out
