@@ -194,3 +194,35 @@ def test_history_logs_the_diagnostics_each_agent_promises():
         history = agent_class(calibration_env(num_envs=8)).learn(8)
         assert len(history) == 1 and keys <= set(history[0]), agent_class.__name__
         assert "reward/holistic" in history[0] or any(k.startswith("reward/") for k in history[0])
+
+
+KL_BETA = 0.5
+
+
+@pytest.mark.parametrize(
+    "agent_class, config",
+    [
+        (REINFORCE, REINFORCEConfig(lr=1e-2)),
+        (A2C, A2CConfig(lr=1e-2, gae_lambda=1.0)),
+        (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2, target_kl=None)),
+        # GRPO with the KL in the env's reward (β in the loss off, Dr. GRPO's unscaled advantages):
+        # its fixed point is then exactly π*, like the others'.
+        (GRPO, GRPOConfig(lr=1e-2, beta=0.0, scale_rewards=False, group_size=8)),
+    ],
+    ids=["reinforce", "a2c", "ppo", "grpo"],
+)
+def test_agents_approach_the_kl_regularised_optimum(agent_class, config):
+    """π* ∝ π_ref·exp(R/β) by enumerating all 512 sequences; KL(π_θ‖π*) must fall towards 0."""
+    ref_logprobs = calibration.sequence_logprobs(calibration.build_reference_model())
+    optimum = calibration.optimal_policy(ref_logprobs, KL_BETA)
+    start = calibration.kl_divergence(ref_logprobs, optimum).item()
+    env = calibration_env(num_envs=256, reward="kl-shaped", reward_kwargs={"beta": KL_BETA})
+    agent = agent_class(env, config)
+    kls = []
+    for i in range(150):
+        agent.train_iteration()
+        if i % 10 == 9:
+            kls.append(calibration.kl_divergence(calibration.sequence_logprobs(agent.policy.model), optimum).item())
+    final = sum(kls[-3:]) / 3
+    assert start > 0.4  # π_ref is far from π*: the test has room to fail
+    assert final < 0.2 * start, (start, kls)

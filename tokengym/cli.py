@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-# (module, function) pairs that register subcommands with `add_cli(subparsers)`.
+# Modules that register their subcommands with `add_cli(subparsers)`.
 _SUBCOMMAND_MODULES = [
     "tokengym.envs.pretrain",
     "tokengym.rewards.reward_model",
@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     envs = subparsers.add_parser("envs", help="list the registered envs")
     envs.set_defaults(func=_list_envs)
     for module_name in _SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:  # a real missing dependency, not an absent module
-                raise
-            continue
-        module.add_cli(subparsers)
+        importlib.import_module(module_name).add_cli(subparsers)
     return parser
 
 
