@@ -40,6 +40,15 @@ def build_tiny_lm(vocab_size=len(WORDS), n_positions=64, seed=0, n_layer=2, n_em
         return GPT2LMHeadModel(config).eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids contention with other processes on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def word_tokenizer():
     return build_word_tokenizer()

@@ -12,13 +12,7 @@ from tokengym.rewards.base import EpisodeStart, StepBatch
 from tokengym.rewards.compose import WeightedSum, make_reward
 from tokengym.rewards.kl import AdaptiveKL, KLShaped, kl_estimate
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids contention with other processes on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
