@@ -43,20 +43,20 @@ SENTIMENT_PROMPTS = [
     "Life in the city",
 ]
 
-# Keyword-constrained generation (CommonGen-like): the reward is the fraction of the listed words
-# that the continuation uses. Common words, so a small model already scores above zero.
+# Keyword-constrained generation (CommonGen-like): the reward is the fraction of the two listed
+# words that the continuation uses. Frequent words, so the small embedded model already scores
+# above zero before training and RL has a signal to amplify.
 KEYWORD_PAIRS = [
-    ("dog", "park"), ("sun", "day"), ("love", "life"), ("money", "time"), ("man", "woman"),
-    ("book", "read"), ("water", "cold"), ("night", "sleep"), ("house", "old"), ("work", "hard"),
-    ("friend", "good"), ("world", "people"), ("god", "man"), ("war", "peace"), ("city", "light"),
-    ("food", "eat"), ("car", "road"), ("music", "play"), ("child", "mother"), ("king", "land"),
-    ("tree", "green"), ("rain", "wind"), ("heart", "love"), ("truth", "lie"), ("door", "open"),
-    ("fire", "hot"), ("sea", "ship"), ("school", "learn"), ("life", "death"), ("home", "family"),
+    ("man", "life"), ("time", "world"), ("love", "people"), ("day", "good"), ("woman", "man"),
+    ("life", "time"), ("world", "people"), ("good", "man"), ("thing", "time"), ("way", "life"),
+    ("love", "life"), ("people", "time"), ("work", "day"), ("god", "world"), ("money", "man"),
+    ("mind", "life"), ("night", "day"), ("truth", "world"), ("friend", "love"), ("house", "man"),
+    ("name", "man"), ("year", "life"), ("heart", "love"), ("war", "world"), ("woman", "love"),
 ]
 
 
 def keyword_prompt(first: str, second: str) -> str:
-    return f"Use the words {first} and {second}. {first.capitalize()}"
+    return f"Words: {first}, {second}. Sentence:"
 
 
 KEYWORD_PROMPTS = [keyword_prompt(a, b) for a, b in KEYWORD_PAIRS]
@@ -64,7 +64,6 @@ KEYWORD_PROMPTS = [keyword_prompt(a, b) for a, b in KEYWORD_PAIRS]
 
 def keywords_of(prompt: str) -> list[str]:
     """The two required words of a keyword prompt (inverse of :func:`keyword_prompt`)."""
-    words = prompt.split(".")[0].removeprefix("Use the words ").split(" and ")
-    if len(words) != 2:
+    if not (prompt.startswith("Words: ") and prompt.endswith(". Sentence:")):
         raise ValueError(f"not a keyword prompt: {prompt!r}")
-    return [w.strip() for w in words]
+    return [w.strip() for w in prompt.removeprefix("Words: ").removesuffix(". Sentence:").split(",")]
