@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from tokengym.envs.cached_lm import CachedLM, positions_from_mask
 from tokengym.envs.loading import load_causal_lm, vocab_width
 
-__all__ = ["Policy", "PolicyStep", "SamplingConfig", "Scored", "filter_logits"]
+__all__ = ["Policy", "PolicyStep", "SamplingConfig", "Scored", "filter_logits", "sample"]
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 """Value head weights inside a saved policy directory."""
@@ -85,6 +85,20 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         remove = sorted_remove.scatter(-1, order, sorted_remove)  # (..., V) back in vocabulary order
         logits = logits.masked_fill(remove, -math.inf)  # (..., V)
     return logits
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) one draw per row from (B, V) probabilities (rows need not be normalised).
+
+    The exponential race ``argmax_a p_a / E_a`` with ``E_a ~ Exp(1)`` samples ``a ∝ p_a``; it is
+    what ``torch.multinomial(probs, 1)`` does internally. Drawing ``E = -log U`` from uniforms
+    rather than with ``Tensor.exponential_`` is ~4× faster on CPU (vectorised log) and costs the
+    same on CUDA. ``U`` is kept ≥ the smallest normal float so every ``E`` is finite and a token
+    with ``p > 0`` always beats one with ``p = 0``.
+    """
+    uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)  # (B, V)
+    race = uniform.clamp_(min=torch.finfo(probs.dtype).tiny).log_().neg_()  # (B, V) E ~ Exp(1)
+    return race.reciprocal_().mul_(probs).argmax(dim=-1)  # (B,)
 
 
 class PolicyStep(NamedTuple):
@@ -246,11 +260,16 @@ class Policy(torch.nn.Module):
         policy's device) makes it reproducible."""
         if self._logits is None:
             raise RuntimeError("Policy.act called before Policy.begin(prompt_ids, prompt_mask)")
-        logits = self._logits / self.sampling.temperature  # (B, V)
+        sampling = self.sampling
+        logits = self._logits  # (B, V)
+        if sampling.temperature != 1:
+            logits = logits / sampling.temperature  # (B, V)
         logprobs_all = logits.log_softmax(dim=-1)  # (B, V)
-        sample_logits = filter_logits(logits, self.sampling.top_k, self.sampling.top_p)  # (B, V)
-        probs = sample_logits.softmax(dim=-1)  # (B, V)
-        actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        if sampling.top_k or sampling.top_p < 1:
+            probs = filter_logits(logits, sampling.top_k, sampling.top_p).softmax(dim=-1)  # (B, V)
+        else:
+            probs = logprobs_all.exp()  # (B, V)
+        actions = sample(probs, generator)  # (B,)
         logprobs = logprobs_all.gather(-1, actions[:, None]).squeeze(-1)  # (B,)
         return PolicyStep(actions, logprobs, self._rollout_values())
 

@@ -30,7 +30,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="override the suite's number of seeds")
     parser.add_argument("--perf", action="store_true", help="run the performance benchmark instead")
     parser.add_argument("--quick", action="store_true", help="perf: tiny sizes (smoke run)")
-    parser.add_argument("--bf16", action="store_true", help="perf: bf16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="perf: run the models in bfloat16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/bench", help="output directory")
     parser.set_defaults(func=_run)

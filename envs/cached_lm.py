@@ -9,9 +9,29 @@ the positions used here, so rollout and re-scored log-probs agree.
 from __future__ import annotations
 
 import torch
+import transformers
 from transformers import DynamicCache
 
-__all__ = ["CachedLM", "positions_from_mask"]
+__all__ = ["CachedLM", "positions_from_mask", "takes_prepared_mask"]
+
+_PREPARED_MASK_MODELS = ("gpt2", "llama")
+"""Model types checked to use a ready 4D mask as is (full causal attention, positions from
+``position_ids``). Others get the 2D mask."""
+
+
+def takes_prepared_mask(model: torch.nn.Module) -> bool:
+    """Can a one-token step hand ``model`` a ready (B, 1, 1, K) additive mask?
+
+    transformers ≥ 5 passes a 4D mask through untouched, and eager and SDPA attention both add a
+    float mask to the scores. Sliding-window or chunked attention would need their pattern built
+    into it, so only the model types in ``_PREPARED_MASK_MODELS`` qualify.
+    """
+    config = getattr(model, "config", None)
+    return (
+        int(transformers.__version__.split(".")[0]) >= 5
+        and getattr(config, "model_type", None) in _PREPARED_MASK_MODELS
+        and getattr(config, "_attn_implementation", None) in ("eager", "sdpa")
+    )
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -23,8 +43,13 @@ class CachedLM:
     """Steps a causal LM one token per call through a ``DynamicCache``.
 
     ``prefill`` runs the prompts and returns the logits for the first action; every ``step(tokens)``
-    appends one token per row and returns the logits for the next one. Nothing here reads a tensor
-    value on the host.
+    appends one token per row and returns the logits for the next one.
+
+    Host reads: given a 2D mask, transformers checks on the host whether it holds any padding
+    before building the attention mask (a device→host sync on CUDA). ``prefill`` pays that once;
+    ``step`` hands models that :func:`takes_prepared_mask` a ready 4D mask built from
+    ``attention_mask`` instead, so a step reads nothing on the host. Writing 0 into
+    ``attention_mask`` hides that column from later steps either way.
     """
 
     def __init__(self, model: torch.nn.Module, output_hidden_states: bool = False):
@@ -32,13 +57,14 @@ class CachedLM:
         self.output_hidden_states = output_hidden_states
         self.cache: DynamicCache | None = None
         self.attention_mask: torch.Tensor | None = None  # (B, P+t) long
+        self.prepared_mask = takes_prepared_mask(model)
         self.next_positions: torch.Tensor | None = None  # (B, 1) position of the next token
         self.last_hidden: torch.Tensor | None = None  # (B, H) hidden state behind the last logits
 
-    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.model(
             input_ids=input_ids,
-            attention_mask=self.attention_mask,
+            attention_mask=mask,
             position_ids=position_ids,
             past_key_values=self.cache,
             use_cache=True,
@@ -57,7 +83,7 @@ class CachedLM:
         self.attention_mask = prompt_mask.long()
         positions = positions_from_mask(prompt_mask)  # (B, P)
         self.next_positions = prompt_mask.long().sum(-1, keepdim=True)  # (B, 1)
-        return self._forward(prompt_ids, positions)
+        return self._forward(prompt_ids, positions, self.attention_mask)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -68,4 +94,9 @@ class CachedLM:
         self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)  # (B, P+t+1)
         positions = self.next_positions
         self.next_positions = positions + 1
-        return self._forward(tokens[:, None], positions)
+        mask = self.attention_mask
+        if self.prepared_mask:
+            dtype = self.model.dtype
+            blocked = (self.attention_mask[:, None, None, :] == 0).to(dtype)  # (B, 1, 1, P+t+1) 1 on pads
+            mask = blocked.mul_(torch.finfo(dtype).min)  # (B, 1, 1, P+t+1) additive: 0, or dtype's min on pads
+        return self._forward(tokens[:, None], positions, mask)

@@ -213,8 +213,9 @@ class TokenVectorEnv(VectorEnv):
         from tokengym.rewards import make_reward
 
         reference = self.model
-        if isinstance(reference, torch.nn.Module):
-            reference = copy.deepcopy(reference).eval().requires_grad_(False)
+        if isinstance(reference, torch.nn.Module):  # copied only if a KL-shaped reward loads it
+            instance = reference
+            reference = lambda: copy.deepcopy(instance).eval().requires_grad_(False)  # noqa: E731
         self.reward = make_reward(
             reward if reward is not None else task.reward,
             task_scorer=task.scorer() if task.scorer is not None else None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -107,9 +107,11 @@ class _IncrementalLogprobs:
         return logprobs
 
 
-def _load(model: str | os.PathLike | torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def _load(model: str | os.PathLike | torch.nn.Module | Callable[[], torch.nn.Module], device: torch.device) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         return model  # the caller's module: used as is, never moved or frozen (it may be the policy)
+    if callable(model):  # a builder, e.g. the env's lazy frozen copy of a model instance
+        return model().to(device)
     from tokengym.envs.loading import load_causal_lm
 
     loaded = load_causal_lm(model, device=device)

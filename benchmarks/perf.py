@@ -1,0 +1,731 @@
+"""Performance runs: the Gym loop against raw generation, cost growth with context, update
+throughput, memory, the cost of KL shaping, and an audit of host reads in the rollout loop.
+
+    from tokengym.benchmarks.perf import run_perf
+    run_perf("benchmarks/results/perf-cpu")          # tokengym bench --perf --out ...
+
+Every comparison is measured side by side in one process: the two sides alternate, repeat after
+repeat (and swap which goes first), so background load hits both alike; ratios compare medians.
+The figures and how to read them are in ``docs/performance.md``.
+
+Models: ``"embedded"`` (the shipped default) and ``"gpt2-small-random"`` (GPT-2 small's shape,
+12 layers, 768 wide, 50257 tokens, 1024 positions, randomly initialised: no download). With
+``quick=True`` the GPT-2 shape shrinks to 2 layers × 64 and every size is tiny, for CI.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import gymnasium as gym
+import torch
+
+__all__ = ["run_perf", "count_host_reads", "ZeroReward", "Sizes", "FULL", "QUICK"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each measurement is."""
+
+    prompt_tokens: int
+    """P, prompt length of every rollout (equal lengths: no padding on either side)."""
+    new_tokens: int
+    """T, tokens generated per rollout."""
+    repeats: int
+    """Least timed rounds per comparison (after one warm-up of each side); medians are reported."""
+    seconds: float
+    """More rounds (up to 5× ``repeats``) run while a comparison has taken less than this."""
+    contexts: tuple[int, ...]
+    """Contexts of the cost-growth curve (tokens attended by the step)."""
+    growth_steps: int
+    """Cached steps timed per context and repeat."""
+    uncached_steps: int
+    """Full forwards timed per context and repeat."""
+    update_batch: int
+    """Batch of the update-throughput and memory runs (divisible by GRPO's group of 4)."""
+    update_new_tokens: int
+    """T of the update-throughput and memory runs."""
+    kl_batch: int
+    """Batch of the KL-shaped cost comparison."""
+    train_iterations: int
+    """PPO iterations of the peak-RSS training run."""
+
+
+FULL = Sizes(
+    prompt_tokens=16, new_tokens=32, repeats=5, seconds=20.0, contexts=(32, 128, 512, 1024), growth_steps=16,
+    uncached_steps=2, update_batch=16, update_new_tokens=16, kl_batch=16, train_iterations=3,
+)
+QUICK = Sizes(
+    prompt_tokens=4, new_tokens=6, repeats=2, seconds=0.0, contexts=(8, 16, 32, 64), growth_steps=4,
+    uncached_steps=1, update_batch=4, update_new_tokens=4, kl_batch=4, train_iterations=1,
+)
+
+GOALS = {"rollout_ratio": 0.95, "cost_growth": 1.5, "kl_shaped_ratio": 2.1, "host_reads_per_step": 0}
+"""Targets: rollout tokens/s ≥ 0.95× generate; cached step at the largest context ≤ 1.5× the
+smallest; a KL-shaped rollout ≤ 2.1× a reward-free one; no host read per step on the fast path."""
+
+
+# --------------------------------------------------------------------------------------------
+# Models, env, reward
+# --------------------------------------------------------------------------------------------
+
+
+class ZeroReward:
+    """A device-side reward of 0 on every step: the env's cost without any scoring work."""
+
+    def reset(self, episodes) -> None:
+        pass
+
+    def __call__(self, step) -> torch.Tensor:
+        return torch.zeros(step.actions.shape[0], device=step.actions.device)  # (B,)
+
+
+def build_model(name: str, *, quick: bool, device: str, bf16: bool) -> torch.nn.Module:
+    """The benchmark's model ``name`` in eval mode, no gradients, EOS-free ``generate``."""
+    if name == "embedded":
+        from tokengym.envs.loading import load_causal_lm
+
+        model = load_causal_lm("embedded")
+    elif name == "gpt2-small-random":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        shape = dict(n_layer=2, n_embd=64, n_head=2) if quick else dict(n_layer=12, n_embd=768, n_head=12)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **shape))
+    else:
+        raise ValueError(f"unknown perf model {name!r}; expected 'embedded' or 'gpt2-small-random'")
+    model = model.to(device, torch.bfloat16 if bf16 else torch.float32).eval().requires_grad_(False)
+    model.generation_config.eos_token_id = None  # generate() then runs exactly max_new_tokens steps
+    return model
+
+
+def make_env(model: torch.nn.Module, prompts: list[list[int]], new_tokens: int, device: str, reward=None):
+    """The fast-path batched env: token-id prompts, no stop token, no action check, no copies."""
+    return gym.make_vec(
+        "tokengym/Custom-v0", num_envs=len(prompts), device=device, model=model, prompts=prompts,
+        reward=reward if reward is not None else ZeroReward(), max_new_tokens=new_tokens,
+        stop_token_ids=[], check_actions=False, copy_observations=False,
+    ).unwrapped
+
+
+def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """``batch`` random prompts of ``length`` token ids (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=generator).tolist()
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _vocab(model: torch.nn.Module) -> int:
+    from tokengym.envs.loading import vocab_width
+
+    return vocab_width(model)
+
+
+# --------------------------------------------------------------------------------------------
+# The two rollouts being compared
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def env_rollout(env, policy, generator: torch.Generator, phases: dict[str, float] | None = None):
+    """One batch of episodes through reset/step, as ``Agent.collect`` plays it (without the
+    reference re-scoring). With ``phases``, adds the seconds spent in each part (synchronising
+    the device around each: use it for a breakdown, not for the headline timing)."""
+    device = str(env.device)
+
+    def lap(name: str, start: float) -> float:
+        if phases is None:
+            return start
+        _sync(device)
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - start
+        return now
+
+    clock = time.perf_counter()
+    obs, _ = env.reset(seed=0)
+    P, T, B = env.prompt_width, env.max_new_tokens, env.num_envs
+    clock = lap("env_reset", clock)
+    policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
+    logprobs = torch.zeros(B, T, device=env.device)  # (B, T)
+    rewards = torch.zeros(B, T, device=env.device)  # (B, T)
+    clock = lap("prefill", clock)
+    for t in range(T):
+        step = policy.act(generator)
+        clock = lap("sampling", clock)
+        obs, reward, _, _, _ = env.step(step.actions, logprobs=step.logprobs)
+        logprobs[:, t] = step.logprobs
+        rewards[:, t] = reward
+        clock = lap("env_step", clock)
+        if t + 1 < T:
+            policy.advance(step.actions)
+            clock = lap("forward", clock)
+    _sync(device)
+    return obs, logprobs, rewards
+
+
+@torch.no_grad()
+def generate_rollout(model, prompt_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """``model.generate`` with the KV cache, sampling exactly as ``Policy.act`` does by default."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
+        eos_token_id=None, pad_token_id=0, use_cache=True,
+    )
+    out = model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=config)
+    _sync(str(prompt_ids.device))
+    if out.shape[1] != prompt_ids.shape[1] + new_tokens:
+        raise RuntimeError(f"generate() made {out.shape[1] - prompt_ids.shape[1]} tokens, expected {new_tokens}")
+    return out
+
+
+def interleaved(sides: dict[str, Callable[[], Any]], sizes: Sizes) -> dict[str, list[float]]:
+    """Seconds per call of each side: one warm-up each, then rounds in which every side runs once
+    (the order flips every round), so drifting load hits every side alike. At least
+    ``sizes.repeats`` rounds; more, up to five times that, until ``sizes.seconds`` have passed."""
+    for run in sides.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    names, start = list(sides), time.perf_counter()
+    for r in range(5 * sizes.repeats):
+        if r >= sizes.repeats and time.perf_counter() - start >= sizes.seconds:
+            break
+        for name in names if r % 2 == 0 else names[::-1]:
+            clock = time.perf_counter()
+            sides[name]()
+            seconds[name].append(time.perf_counter() - clock)
+    return seconds
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of the ratio of two sides timed in the same round (load cancels)."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator))
+
+
+def cache_bytes(cache) -> tuple[int, int]:
+    """(bytes, cached positions) of a transformers KV cache (``DynamicCache``)."""
+    if hasattr(cache, "layers"):
+        tensors = [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
+    else:  # transformers < 4.56 kept per-layer lists
+        tensors = list(cache.key_cache) + list(cache.value_cache)
+    return sum(t.numel() * t.element_size() for t in tensors), int(cache.get_seq_length())
+
+
+def kv_min_bytes_per_token(model: torch.nn.Module) -> int:
+    """2 · n_layer · n_embd · bytes per element: K and V of every layer, nothing else."""
+    config = model.config.get_text_config()
+    element = next(model.parameters()).element_size()
+    return 2 * config.num_hidden_layers * config.hidden_size * element
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Rollout ratio (and the KV-cache size it leaves behind)
+# --------------------------------------------------------------------------------------------
+
+
+def measure_rollout(model, batch: int, sizes: Sizes, device: str) -> dict[str, Any]:
+    from tokengym.agents.policy import Policy
+
+    env = make_env(model, random_prompts(batch, sizes.prompt_tokens, _vocab(model)), sizes.new_tokens, device)
+    policy = Policy(model)
+    generator = torch.Generator(device=device).manual_seed(0)
+    obs, _ = env.reset(seed=0)
+    prompt_ids = obs["input_ids"][:, : env.prompt_width].clone()  # (B, P) the prompts env_rollout plays
+    seconds = interleaved(
+        {
+            "env": lambda: env_rollout(env, policy, generator),
+            "generate": lambda: generate_rollout(model, prompt_ids, sizes.new_tokens),
+        },
+        sizes,
+    )
+    phases: dict[str, float] = {}
+    env_rollout(env, policy, generator, phases)
+    kv_bytes, positions = cache_bytes(policy._lm.cache)
+    tokens = batch * sizes.new_tokens
+    env_s, gen_s = statistics.median(seconds["env"]), statistics.median(seconds["generate"])
+    return {
+        "batch": batch,
+        "tokens": tokens,
+        "env_seconds": seconds["env"],
+        "generate_seconds": seconds["generate"],
+        "env_tokens_per_s": tokens / env_s,
+        "generate_tokens_per_s": tokens / gen_s,
+        "ratio": paired_ratio(seconds["generate"], seconds["env"]),
+        "ratio_of_medians": gen_s / env_s,
+        "breakdown_seconds": phases,
+        "kv_cache": {
+            "bytes": kv_bytes,
+            "positions": positions,
+            "bytes_per_token": kv_bytes / (batch * positions),
+            "min_bytes_per_token": kv_min_bytes_per_token(model),
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Cost growth with context
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def measure_cost_growth(model, sizes: Sizes, device: str) -> dict[str, Any]:
+    """Seconds per generated token at each context, batch 1: ``CachedLM.step`` (the cache
+    holds the context) against one full forward over the whole context (no cache). Contexts
+    beyond the model's positions are left out."""
+    from tokengym.envs.cached_lm import CachedLM
+    from tokengym.envs.loading import max_positions
+
+    limit = max_positions(model.config) or max(sizes.contexts)
+    contexts = [c for c in sizes.contexts if c <= limit]
+    cached: dict[int, list[float]] = {c: [] for c in contexts}
+    uncached: dict[int, list[float]] = {c: [] for c in contexts}
+    ids = torch.tensor(random_prompts(1, max(contexts), _vocab(model), seed=1), device=device)  # (1, C)
+
+    def cached_steps(context: int, record: bool) -> None:
+        lm = CachedLM(model)
+        start = context - sizes.growth_steps  # the last timed step attends to `context` tokens
+        lm.prefill(ids[:, :start], torch.ones_like(ids[:, :start], dtype=torch.bool))
+        for i in range(start, context):
+            _sync(device)
+            clock = time.perf_counter()
+            lm.step(ids[:, i])
+            _sync(device)
+            if record:
+                cached[context].append(time.perf_counter() - clock)
+
+    def full_forwards(context: int, record: bool) -> None:
+        for _ in range(sizes.uncached_steps):
+            _sync(device)
+            clock = time.perf_counter()
+            model(input_ids=ids[:, :context], use_cache=False, logits_to_keep=1)
+            _sync(device)
+            if record:
+                uncached[context].append(time.perf_counter() - clock)
+
+    for context in contexts:  # warm-up
+        cached_steps(context, record=False)
+    for r in range(sizes.repeats):
+        for context in contexts if r % 2 == 0 else contexts[::-1]:
+            cached_steps(context, record=True)
+            full_forwards(context, record=True)
+    cached_s = [statistics.median(cached[c]) for c in contexts]
+    uncached_s = [statistics.median(uncached[c]) for c in contexts]
+    return {
+        "batch": 1,
+        "contexts": contexts,
+        "cached_seconds_per_token": cached_s,
+        "uncached_seconds_per_token": uncached_s,
+        "cached_growth": cached_s[-1] / cached_s[0],
+        "uncached_growth": uncached_s[-1] / uncached_s[0],
+        "cached_seconds": {str(c): v for c, v in cached.items()},
+        "uncached_seconds": {str(c): v for c, v in uncached.items()},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Update throughput, rollout storage
+# --------------------------------------------------------------------------------------------
+
+
+def _agent(agent_class, model, sizes: Sizes, device: str, bf16: bool):
+    from tokengym.agents.policy import Policy
+
+    model = copy.deepcopy(model).requires_grad_(True)  # each agent trains its own weights
+    env = make_env(model, random_prompts(sizes.update_batch, sizes.prompt_tokens, _vocab(model)),
+                   sizes.update_new_tokens, device)
+    policy = Policy.from_pretrained(
+        model, device=device, value_head=agent_class.needs_values, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    config = agent_class.config_class(seed=0, check_done_every=sizes.update_new_tokens)
+    return agent_class(env, config, policy=policy)
+
+
+def measure_updates(model, sizes: Sizes, device: str, bf16: bool) -> dict[str, Any]:
+    """Seconds of one ``update(rollout)`` (forward, backward, optimizer steps) for PPO and GRPO
+    at their default configs; the rollout is collected once and reused."""
+    from tokengym.agents.grpo import GRPO
+    from tokengym.agents.ppo import PPO
+
+    agents = {"ppo": _agent(PPO, model, sizes, device, bf16), "grpo": _agent(GRPO, model, sizes, device, bf16)}
+    rollouts = {name: agent.collect() for name, agent in agents.items()}
+
+    def update(name: str) -> Callable[[], None]:
+        def run() -> None:
+            agent = agents[name]
+            agent.policy.train()
+            agent.update(rollouts[name])
+            agent.policy.eval()
+            _sync(device)
+        return run
+
+    seconds = interleaved({name: update(name) for name in agents}, sizes)
+    out: dict[str, Any] = {"batch": sizes.update_batch, "new_tokens": sizes.update_new_tokens}
+    for name, agent in agents.items():
+        tokens = int(rollouts[name].mask.sum())
+        passes = getattr(agent.config, "n_epochs", 1)  # each epoch scores every token once
+        median = statistics.median(seconds[name])
+        out[name] = {
+            "seconds": seconds[name],
+            "tokens": tokens,
+            "tokens_per_s": tokens / median,
+            "passes": passes,
+            "token_passes_per_s": tokens * passes / median,
+            "config": asdict(agent.config),
+        }
+    out["rollout_storage"] = rollout_storage(rollouts["ppo"])
+    return out
+
+
+def rollout_storage(rollout) -> dict[str, Any]:
+    """Bytes of a ``Rollout``'s tensors per generated token (B·T slots)."""
+    fields = {name: value for name, value in vars(rollout).items() if isinstance(value, torch.Tensor)}
+    per_field = {name: t.numel() * t.element_size() for name, t in fields.items()}
+    slots = rollout.mask.numel()
+    return {"bytes": sum(per_field.values()), "slots": slots, "bytes_per_token": sum(per_field.values()) / slots,
+            "per_field_bytes": per_field}
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Peak RSS of a short training run (in a child process: its own peak, not this one's)
+# --------------------------------------------------------------------------------------------
+
+
+def _max_rss_bytes() -> int:
+    """This process's peak RSS. Linux: ``VmHWM``, since ``ru_maxrss`` keeps the parent's RSS at
+    fork across ``execve``."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+
+
+def training_memory(
+    model_name: str, quick: bool, device: str, bf16: bool, iterations: int, threads: int
+) -> dict[str, Any]:
+    """Run in a fresh process: PPO on ``model_name`` for ``iterations`` iterations; peak RSS."""
+    from tokengym.agents.ppo import PPO
+
+    torch.set_num_threads(threads)  # the parent's, which may have been set in code
+    sizes = QUICK if quick else FULL
+    model = build_model(model_name, quick=quick, device=device, bf16=bf16)
+    agent = _agent(PPO, model, sizes, device, bf16)
+    before = _max_rss_bytes()
+    start = time.perf_counter()
+    agent.learn(total_episodes=iterations * sizes.update_batch)
+    out = {
+        "peak_rss_bytes": _max_rss_bytes(),
+        "peak_rss_before_training_bytes": before,
+        "seconds": time.perf_counter() - start,
+        "iterations": iterations,
+        "batch": sizes.update_batch,
+        "new_tokens": sizes.update_new_tokens,
+    }
+    if torch.device(device).type == "cuda":
+        out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def measure_training_memory(model_name: str, quick: bool, device: str, bf16: bool, iterations: int) -> dict[str, Any]:
+    args = json.dumps(dict(model_name=model_name, quick=quick, device=device, bf16=bf16, iterations=iterations,
+                           threads=torch.get_num_threads()))
+    code = (
+        "import json, sys; from tokengym.benchmarks.perf import training_memory; "
+        "print(json.dumps(training_memory(**json.loads(sys.argv[1]))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the training-memory child failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# 5. KL-shaped rollout against a reward-free one
+# --------------------------------------------------------------------------------------------
+
+
+def measure_kl_shaped(model, sizes: Sizes, device: str) -> dict[str, Any]:
+    """A KL-shaped rollout (π_ref stepped through its own cache; π_θ's log-probs passed to
+    ``env.step``, so no third forward) against the same rollout with a reward of 0."""
+    from tokengym.agents.policy import Policy
+    from tokengym.rewards.kl import KLShaped
+
+    prompts = random_prompts(sizes.kl_batch, sizes.prompt_tokens, _vocab(model))
+    reference = copy.deepcopy(model)
+    envs = {
+        "plain": make_env(model, prompts, sizes.new_tokens, device),
+        "kl_shaped": make_env(model, prompts, sizes.new_tokens, device,
+                              reward=KLShaped(ZeroReward(), beta=0.05, ref_model=reference)),
+    }
+    policy = Policy(model)
+    generator = torch.Generator(device=device).manual_seed(0)
+    seconds = interleaved({name: (lambda e=env: env_rollout(e, policy, generator)) for name, env in envs.items()},
+                          sizes)
+    plain, shaped = statistics.median(seconds["plain"]), statistics.median(seconds["kl_shaped"])
+    return {"batch": sizes.kl_batch, "plain_seconds": seconds["plain"], "kl_shaped_seconds": seconds["kl_shaped"],
+            "ratio": paired_ratio(seconds["kl_shaped"], seconds["plain"]), "ratio_of_medians": shaped / plain}
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Host reads in the step loop
+# --------------------------------------------------------------------------------------------
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+"""Tensor methods that bring a value to the host (a device→host sync on CUDA)."""
+
+
+@contextmanager
+def count_host_reads(fail: bool = False) -> Iterator[Counter]:
+    """Count (or, with ``fail``, forbid) calls of :data:`HOST_READS` on any tensor inside the block.
+
+    A CPU stand-in for ``torch.cuda.set_sync_debug_mode("error")``: it patches the Python methods,
+    so it sees ``if tensor``, ``.item()``, ``.tolist()`` and the like wherever they are called
+    from (transformers included), not reads hidden inside C++ ops. Keys: ``(method, "file:line")``
+    of the caller."""
+    counts: Counter = Counter()
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def patched(name: str):
+        original = originals[name]
+
+        def read(self, *args, **kwargs):
+            caller = traceback.extract_stack(limit=2)[0]
+            site = f"{Path(caller.filename).name}:{caller.lineno}"
+            if fail:
+                raise AssertionError(f"host read Tensor.{name} at {site}")
+            counts[(name, site)] += 1
+            return original(self, *args, **kwargs)
+
+        return read
+
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, patched(name))
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+@torch.no_grad()
+def _steps(env, policy, generator) -> None:
+    """The step loop of :func:`env_rollout` after reset and prefill."""
+    for t in range(env.max_new_tokens):
+        step = policy.act(generator)
+        env.step(step.actions, logprobs=step.logprobs)
+        if t + 1 < env.max_new_tokens:
+            policy.advance(step.actions)
+
+
+def audit_host_reads(model, device: str) -> dict[str, Any]:
+    """Host reads per step: the fast path, with a KL-shaped reward, and with padded prompts."""
+    from tokengym.agents.policy import Policy
+    from tokengym.rewards.kl import KLShaped
+
+    vocab, new_tokens = _vocab(model), 4
+    equal = random_prompts(2, 4, vocab)
+    padded = [equal[0], equal[1][:2]]
+    cases = {
+        "fast_path": (equal, None),
+        "kl_shaped": (equal, KLShaped(ZeroReward(), beta=0.05, ref_model=copy.deepcopy(model))),
+        "padded_prompts": (padded, None),
+    }
+    out = {}
+    for name, (prompts, reward) in cases.items():
+        env = make_env(model, prompts, new_tokens, device, reward=reward)
+        policy = Policy(model)
+        obs, _ = env.reset(seed=0)
+        P = env.prompt_width
+        policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
+        with count_host_reads() as counts:
+            _steps(env, policy, torch.Generator(device=device).manual_seed(0))
+        out[name] = {
+            "per_step": sum(counts.values()) / new_tokens,
+            "sites": {f"{method} {site}": n for (method, site), n in counts.items()},
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def plot_rollout(rollout: dict[str, dict[str, Any]], path: Path) -> None:
+    """Gym-loop / generate() throughput ratio per model and batch, against the 0.95 goal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(rollout)
+    batches = list(rollout[models[0]])
+    width = 0.8 / len(batches)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(models), 3.4))
+    for j, batch in enumerate(batches):
+        x = [i + (j - (len(batches) - 1) / 2) * width for i in range(len(models))]
+        ratios = [rollout[m][batch]["ratio"] for m in models]
+        ax.bar(x, ratios, width, label=f"B={batch}")
+        for xi, m, r in zip(x, models, ratios):
+            ax.annotate(f"{rollout[m][batch]['env_tokens_per_s']:.0f}", (xi, r), ha="center", va="bottom", fontsize=7)
+    ax.axhline(GOALS["rollout_ratio"], color="k", ls="--", lw=1, label="goal 0.95")
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("Gym loop ÷ generate() tokens/s")
+    ax.set_title("rollout throughput (labels: Gym loop tokens/s)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_cost_growth(growth: dict[str, Any], model: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ms = lambda seconds: [1e3 * s for s in seconds]  # noqa: E731
+    ax.plot(growth["contexts"], ms(growth["cached_seconds_per_token"]), "o-", label="KV cache (CachedLM.step)")
+    ax.plot(growth["contexts"], ms(growth["uncached_seconds_per_token"]), "s--", label="no cache (full forward)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("ms per generated token")
+    ax.set_title(f"{model}, batch 1", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def run_perf(
+    out_dir,
+    *,
+    device: str = "cpu",
+    bf16: bool = False,
+    quick: bool = False,
+    models: tuple[str, ...] = ("embedded", "gpt2-small-random"),
+    batches: tuple[int, ...] = (1, 16, 64),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure everything, write ``out_dir/perf.json`` and two PNG plots; returns the results.
+
+    The update-throughput, memory and host-read runs use ``models[0]``; the cost-growth curve uses
+    ``"gpt2-small-random"`` (1024 positions) if it is among ``models``, else ``models[0]``.
+    """
+    from tqdm.auto import tqdm
+    import transformers
+
+    if not models or not batches:
+        raise ValueError("run_perf needs at least one model and one batch size")
+    sizes = QUICK if quick else FULL
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    growth_model = "gpt2-small-random" if "gpt2-small-random" in models else models[0]
+    bar = tqdm(total=len(models) * (len(batches) + 1) + 4, disable=not progress, unit="run", dynamic_ncols=True)
+
+    def task(label: str):
+        bar.set_description(label)
+        return bar
+
+    results: dict[str, Any] = {
+        "meta": {
+            "device": device, "dtype": "bfloat16" if bf16 else "float32", "quick": quick, "models": list(models),
+            "batches": list(batches), "sizes": asdict(sizes), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "goals": GOALS,
+        "rollout": {}, "kl_shaped": {}, "memory": {"kv_cache": {}},
+    }
+    built = {}
+    for name in models:
+        task(f"build {name}")
+        built[name] = build_model(name, quick=quick, device=device, bf16=bf16)
+        results["rollout"][name] = {}
+        for batch in batches:
+            task(f"rollout {name} B={batch}")
+            cell = measure_rollout(built[name], batch, sizes, device)
+            results["rollout"][name][str(batch)] = cell
+            results["memory"]["kv_cache"].setdefault(name, {})[str(batch)] = cell["kv_cache"]
+            bar.update()
+        task(f"kl-shaped {name}")
+        results["kl_shaped"][name] = measure_kl_shaped(built[name], sizes, device)
+        bar.update()
+
+    task(f"cost growth {growth_model}")
+    results["cost_growth"] = {"model": growth_model, **measure_cost_growth(built[growth_model], sizes, device)}
+    bar.update()
+    task(f"updates {models[0]}")
+    updates = measure_updates(built[models[0]], sizes, device, bf16)
+    results["memory"]["rollout_storage"] = updates.pop("rollout_storage")
+    results["update"] = {"model": models[0], **updates}
+    bar.update()
+    task(f"training memory {models[0]}")
+    results["memory"]["training"] = {
+        "model": models[0],
+        **measure_training_memory(models[0], quick, device, bf16, sizes.train_iterations),
+    }
+    bar.update()
+    task(f"host reads {models[0]}")
+    results["host_reads"] = audit_host_reads(built[models[0]], device)
+    bar.update()
+    bar.close()
+
+    results["summary"] = summarize(results)
+    (out_dir / "perf.json").write_text(json.dumps(results, indent=1))
+    plot_rollout(results["rollout"], out_dir / "rollout.png")
+    plot_cost_growth(results["cost_growth"], growth_model, out_dir / "cost_growth.png")
+    return results
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures against :data:`GOALS`."""
+    ratios = {f"{m}/B={b}": c["ratio"] for m, cells in results["rollout"].items() for b, c in cells.items()}
+    kl = {m: c["ratio"] for m, c in results["kl_shaped"].items()}
+    kv = {m: c[max(c, key=int)]["bytes_per_token"] / c[max(c, key=int)]["min_bytes_per_token"]
+          for m, c in results["memory"]["kv_cache"].items()}
+    fast_reads = results["host_reads"]["fast_path"]["per_step"]
+    growth = results["cost_growth"]["cached_growth"]
+    return {
+        "rollout_ratio": ratios,
+        "rollout_ratio_min": min(ratios.values()),
+        "rollout_goal_met": min(ratios.values()) >= GOALS["rollout_ratio"],
+        "cost_growth": growth,
+        "cost_growth_goal_met": growth <= GOALS["cost_growth"],
+        "kl_shaped_ratio": kl,
+        "kl_shaped_goal_met": max(kl.values()) <= GOALS["kl_shaped_ratio"],
+        "ppo_update_tokens_per_s": results["update"]["ppo"]["tokens_per_s"],
+        "grpo_update_tokens_per_s": results["update"]["grpo"]["tokens_per_s"],
+        "peak_rss_bytes": results["memory"]["training"]["peak_rss_bytes"],
+        "kv_cache_over_minimum": kv,
+        "rollout_storage_bytes_per_token": results["memory"]["rollout_storage"]["bytes_per_token"],
+        "host_reads_per_step_fast_path": fast_reads,
+        "host_reads_goal_met": fast_reads <= GOALS["host_reads_per_step"],
+    }
+
