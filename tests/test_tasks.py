@@ -50,9 +50,11 @@ def test_keyword_prompts_round_trip():
 
 
 def test_embedded_model_scores_above_zero_on_keywords_before_training():
-    returns, _, _ = sample_episodes("tokengym/Keywords-v0", num_envs=32)
+    returns = torch.cat([sample_episodes("tokengym/Keywords-v0", num_envs=64, seed=s)[0] for s in range(4)])
     # Only the continuation counts, so a model that never used a keyword would score exactly 0.
-    assert returns.mean() > 0.02, returns
+    # At the ~2% rate measured here, 256 episodes hold ~10 half-hits; asking for 3 keeps the test
+    # independent of which tokens a particular seed happens to draw.
+    assert (returns > 0).sum() >= 3, returns
 
 
 def test_fine_grained_sentiment_reports_each_component_and_they_sum_to_the_reward():
