@@ -1,0 +1,273 @@
+"""The reproductions written up in BENCHMARKS.md. Run from the repository root::
+
+    python -m tokengym.benchmarks.reproduce calibration    # agents vs the exact KL-regularised optimum
+    python -m tokengym.benchmarks.reproduce collapse       # reward collapse (Song et al. 2023)
+    python -m tokengym.benchmarks.reproduce fine-grained   # fine-grained vs holistic (Wu et al. 2023)
+    python -m tokengym.benchmarks.reproduce algorithms     # the full suite, one seed: the algorithm table
+
+Each writes into ``benchmarks/results/<name>/`` (``--out`` to change): the suite it ran
+(``suite.toml``, so ``tokengym bench --suite benchmarks/results/<name>/suite.toml`` reruns it; the
+algorithm table runs the packaged ``full`` suite), the
+suite's outputs (``cells/``, ``results.json``, ``results.md``, curves), and ``summary.md`` /
+``summary.json`` with the numbers BENCHMARKS.md quotes. Finished cells are skipped on a rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tokengym.benchmarks import plots
+from tokengym.benchmarks.suite import environment_line, run_suite, write_json_atomic
+
+RESULTS_DIR = Path("benchmarks") / "results"
+
+# ---------------------------------------------------------------------------------------------
+# The suites (swapping a reward, an agent or a seed count is one line)
+# ---------------------------------------------------------------------------------------------
+
+CALIBRATION_SUITE = """\
+name = "calibration"
+description = "Each agent on Calibration-v0 with a KL-shaped reward (beta = 0.5): KL(pi_theta || pi*) by exact enumeration of the 512 sequences."
+envs = ["tokengym/Calibration-v0"]
+agents = ["reinforce", "a2c", "ppo", "grpo"]
+seeds = 2
+
+[run]
+episodes = 30720        # 120 iterations of 256
+batch_size = 256
+lr = 1e-2
+reward = "kl-shaped"
+reward_kwargs = { beta = 0.5 }
+exact_every = 5
+last_n = 10
+
+[agent.a2c]
+gae_lambda = 1.0
+
+[agent.ppo]
+n_epochs = 2
+n_minibatches = 2
+target_kl = "none"
+
+[agent.grpo]            # the KL lives in the env's reward: no beta term in the loss, Dr. GRPO advantages
+group_size = 8
+beta = 0.0
+scale_rewards = false
+"""
+
+FINE_GRAINED_SUITE = """\
+name = "fine-grained"
+description = "PPO on SentimentFineGrained-v0 trained on the holistic reward (the same criteria scored once on the whole text) vs the fine-grained one (per-sentence sentiment and profanity, holistic length); both scored on both."
+envs = ["tokengym/SentimentFineGrained-v0"]
+agents = ["ppo"]
+seeds = 3
+rewards = ["holistic", "fine-grained"]
+
+[run]                   # the full suite's PPO settings
+episodes = 480          # 30 iterations of 16
+batch_size = 16
+lr = 2e-4
+n_epochs = 2
+n_minibatches = 2
+eval_rewards = ["holistic", "fine-grained"]
+last_n = 5
+"""
+
+def _write_suite(out: Path, text: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "suite.toml"
+    path.write_text(text)
+    return path
+
+
+def _summary(out: Path, title: str, command: str, lines: Sequence[str], data: Mapping[str, Any]) -> None:
+    md = [f"# {title}", "", f"Reproduce: `{command}`", "", f"Measured on: {environment_line()}.", "", *lines]
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+    write_json_atomic(out / "summary.json", data)
+
+
+def _by_agent(records: Sequence[Mapping[str, Any]], key: str = "agent") -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for r in records:
+        groups.setdefault(r[key], []).append(r)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# KL-regularised optimum on Calibration-v0
+# ---------------------------------------------------------------------------------------------
+
+
+def reproduce_calibration(out: Path, progress: bool = True) -> dict:
+    """KL(π_θ‖π*) against episodes per agent, and E_πθ[R] vs E_π*[R], all by exact enumeration."""
+    records = run_suite(_write_suite(out, CALIBRATION_SUITE), out, progress=progress)
+    rows, data = [], {}
+    head = ["agent", "seeds", "KL(π_θ‖π*) start → final", "E_πθ[R] start → final", "E_π*[R]",
+            "objective E[R] − β·KL(π_θ‖π_ref)", "optimum β·log Z", "wall s"]
+    rows += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for agent, runs in _by_agent(records).items():
+        n = len(runs)
+        stat = lambda f: plots.mean_std([f(r) for r in runs])  # noqa: E731
+        start_kl, final_kl = stat(lambda r: r["exact_start"]["exact/kl_to_optimum"]), stat(lambda r: r["exact"]["exact/kl_to_optimum"])
+        start_r, final_r = stat(lambda r: r["exact_start"]["exact/reward"]), stat(lambda r: r["exact"]["exact/reward"])
+        optimum_r = stat(lambda r: r["exact"]["exact/optimal_reward"])
+        objective, optimum = stat(lambda r: r["exact"]["exact/objective"]), stat(lambda r: r["exact"]["exact/optimal_objective"])
+        wall = stat(lambda r: r["wall_s"])
+        rows.append(f"| {agent} | {n} | {plots.fmt(start_kl, 3, n)} → {plots.fmt(final_kl, 3, n)} | "
+                    f"{plots.fmt(start_r, 3, n)} → {plots.fmt(final_r, 3, n)} | {plots.fmt(optimum_r, 3)} | "
+                    f"{plots.fmt(objective, 3, n)} | {plots.fmt(optimum, 3)} | {plots.fmt(wall, 0, n)} |")
+        data[agent] = {"kl_to_optimum_start": start_kl, "kl_to_optimum_final": final_kl, "reward_start": start_r,
+                       "reward_final": final_r, "optimal_reward": optimum_r, "objective_final": objective,
+                       "optimal_objective": optimum, "wall_s": wall, "seeds": n}
+    lines = ["Exact values (enumerating all 512 responses) of the final policy of each run; mean ± std over seeds.", "",
+             *rows, "", "![KL to the optimum](curves_kl_optimum.png)"]
+    _summary(out, "KL-regularised optimum on Calibration-v0", "python -m tokengym.benchmarks.reproduce calibration", lines, data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward collapse (Song et al. 2023)
+# ---------------------------------------------------------------------------------------------
+
+
+def reproduce_collapse(out: Path, progress: bool = True) -> dict:
+    """Reward distributions per prompt type under log-sigmoid and prompt-aware utilities."""
+    import time
+
+    from tokengym.rewards.reward_model import reward_collapse_experiment
+
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = reward_collapse_experiment()
+    seconds = time.perf_counter() - start
+    plots.plot_reward_collapse(result, out / "reward_collapse.png")
+    data: dict[str, Any] = {"wall_s": seconds, "separation": result["separation"]}
+    head = ["utility", "prompt type", "mean reward at rank 1 … 8 (most → least preferred)", "std over all", "W1(open, closed)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in ("log-sigmoid", "prompt-aware"):
+        for kind in ("open", "closed"):
+            rewards = np.asarray(result[name][kind], dtype=float)  # (prompts, completions)
+            profile = rewards.mean(0)
+            data[f"{name}/{kind}"] = {"mean_by_rank": profile.tolist(), "std": float(rewards.std())}
+            rows.append(f"| {name} | {kind}-ended | {' '.join(f'{v:.2f}' for v in profile)} | {rewards.std():.3f} | "
+                        f"{result['separation'][name]:.3f} |")
+    lines = ["`reward_collapse_experiment()` with its defaults (4 open- and 4 closed-ended prompts, 8 ranked "
+             "completions each, an MLP reward model with sigmoid rewards trained to convergence).", "",
+             *rows, "", "![reward collapse](reward_collapse.png)"]
+    _summary(out, "Reward collapse", "python -m tokengym.benchmarks.reproduce collapse", lines, data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-grained vs holistic (Wu et al. 2023)
+# ---------------------------------------------------------------------------------------------
+
+
+def samples_to_threshold(history: Sequence[Mapping[str, Any]], key: str, threshold: float, window: int = 3) -> int | None:
+    """Episodes until the ``window``-iteration moving average of ``history[key]`` first reaches
+    ``threshold`` (None: never)."""
+    values = [h[key] for h in history]
+    for i in range(window - 1, len(values)):
+        if np.mean(values[i - window + 1 : i + 1]) >= threshold:
+            return int(history[i]["episodes"])
+    return None
+
+
+def reproduce_fine_grained(out: Path, progress: bool = True) -> dict:
+    """PPO with the holistic vs the fine-grained reward, compared on the holistic score of the samples."""
+    records = run_suite(_write_suite(out, FINE_GRAINED_SUITE), out, progress=progress)
+    arms = _by_agent(records, key="config")
+    metric = "eval/holistic"
+    start = float(np.mean([r["history"][0][metric] for r in records]))
+    finals = {arm: float(np.mean([r["eval"]["holistic"] for r in runs])) for arm, runs in arms.items()}
+    threshold = start + 0.5 * (max(finals.values()) - start)
+    data: dict[str, Any] = {"metric": metric, "untrained_score": start, "threshold": threshold}
+    head = ["trained on", "seeds", "holistic score: final", "fine-grained score: final", "training reward: final",
+            f"episodes to holistic ≥ {threshold:.3f}", "KL to ref", "wall s"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, runs in arms.items():
+        n = len(runs)
+        hits = [samples_to_threshold(r["history"], metric, threshold) for r in runs]
+        reached = [h for h in hits if h is not None]
+        cap = runs[0]["episodes"]
+        hit_text = f"{plots.fmt(plots.mean_std(reached), 0, len(reached))} ({len(reached)}/{n} seeds reached; per seed: " \
+                   f"{', '.join(str(h) if h is not None else f'>{cap}' for h in hits)})" if reached else f"not reached in {cap} ({n} seeds)"
+        stat = lambda f: plots.mean_std([f(r) for r in runs])  # noqa: E731
+        holistic, fine = stat(lambda r: r["eval"]["holistic"]), stat(lambda r: r["eval"]["fine-grained"])
+        reward, kl, wall = stat(lambda r: r["final_reward"]), stat(lambda r: r["final_kl"]), stat(lambda r: r["wall_s"])
+        rows.append(f"| {arm} | {n} | {plots.fmt(holistic, 3, n)} | {plots.fmt(fine, 3, n)} | {plots.fmt(reward, 3, n)} | "
+                    f"{hit_text} | {plots.fmt(kl, 2, n)} | {plots.fmt(wall, 0, n)} |")
+        data[arm] = {"holistic_final": holistic, "fine_grained_final": fine, "reward_final": reward, "kl_final": kl,
+                     "samples_to_threshold": hits, "wall_s": wall, "seeds": n}
+    curves = {f"trained on {arm} (n={len(runs)})": plots.curve(runs, metric) for arm, runs in arms.items()}
+    plots.plot_bands(curves, out / "holistic_score.png", xlabel="episodes", ylabel="holistic score of the samples",
+                     title="SentimentFineGrained-v0, PPO", hlines={f"threshold {threshold:.3f}": threshold})
+    curves = {f"trained on {arm} (n={len(runs)})": plots.curve(runs, "eval/fine-grained") for arm, runs in arms.items()}
+    plots.plot_bands(curves, out / "fine_grained_score.png", xlabel="episodes", ylabel="fine-grained score of the samples",
+                     title="SentimentFineGrained-v0, PPO")
+    lines = [
+        "Common metric: the **holistic score** of each iteration's samples, `VADER(y) − P(profane|y) + 0.5·1[8 ≤ words ≤ 40]` "
+        "on the whole continuation (the task's holistic reward), computed on the side for both arms (`eval_rewards`). "
+        "The fine-grained score (per-sentence VADER and profanity, summed, plus the same length term) is shown too. "
+        f"Threshold: halfway from the untrained policy's holistic score ({start:.3f}, first iteration, all runs) "
+        "to the better arm's final score; samples-to-threshold uses a 3-iteration moving average. "
+        "Final values: mean of the last iterations of each run, then mean ± std over seeds.", "",
+        *rows, "", "![holistic score](holistic_score.png)", "", "![fine-grained score](fine_grained_score.png)",
+    ]
+    _summary(out, "Fine-grained vs holistic reward (PPO, SentimentFineGrained-v0)",
+             "python -m tokengym.benchmarks.reproduce fine-grained", lines, data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Algorithm table
+# ---------------------------------------------------------------------------------------------
+
+
+def reproduce_algorithms(out: Path, progress: bool = True) -> dict:
+    """REINFORCE, A2C, PPO and GRPO on every env of the ``full`` suite, one seed (its Calibration-v0
+    rows use the KL-shaped reward; the calibration reproduction has them with two seeds)."""
+    records = run_suite("full", out, seeds=1, progress=progress)
+    head = ["env", "agent", "reward: first → final", "KL to ref", "tokens/s", "wall s"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    data = []
+    for r in records:
+        rows.append(f"| {r['env'].split('/')[-1]} | {r['agent']} | {r['initial_reward']:.3f} → {r['final_reward']:.3f} | "
+                    f"{r['final_kl']:.2f} | {r['tokens_per_s']:.0f} | {r['wall_s']:.0f} |")
+        data.append({k: r[k] for k in ("env", "agent", "seed", "initial_reward", "final_reward", "final_kl", "tokens_per_s", "wall_s")})
+    lines = ["The `full` suite with one seed (`tokengym bench --suite full --seeds 1`); final = mean of the last "
+             "iterations (`last_n`: 5 on the language envs, 10 on Calibration-v0).", "", *rows, "",
+             "![reward](curves_reward.png)"]
+    _summary(out, "Algorithm table", "python -m tokengym.benchmarks.reproduce algorithms", lines, {"runs": data})
+    return {"runs": data}
+
+
+REPRODUCTIONS = {
+    "calibration": reproduce_calibration,
+    "collapse": reproduce_collapse,
+    "fine-grained": reproduce_fine_grained,
+    "algorithms": reproduce_algorithms,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tokengym.benchmarks.reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=[*REPRODUCTIONS, "all"])
+    parser.add_argument("--out", default=None, help="output directory (default: benchmarks/results/<name>)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    names = list(REPRODUCTIONS) if args.name == "all" else [args.name]
+    for name in names:
+        out = Path(args.out) / name if args.out and len(names) > 1 else Path(args.out or RESULTS_DIR / name)
+        REPRODUCTIONS[name](out, progress=not args.no_progress)
+        print((out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
