@@ -345,7 +345,7 @@ class Suite:
     def resolve(self, env: str, agent: str, variant: Variant, seed: int) -> Cell:
         """The cell's settings: the layers merged in order, then validated."""
         from tokengym.envs import registered_envs
-        from tokengym.rewards import compose
+        from tokengym.rewards import reward_options
 
         layers = [self.run, self.agent.get(agent, {}), self.env.get(env, {}),
                   self.env_agent.get((env, agent), {}), variant.overrides]
@@ -362,7 +362,7 @@ class Suite:
         if settings.batch_size % config.group_size:
             raise SuiteError(f"{where}: batch_size={settings.batch_size} must be a multiple of group_size={config.group_size}")
         reward = settings.reward or registered_envs()[env].reward
-        accepted = getattr(compose, "_OPTIONS", {}).get(reward)  # None: unknown here, make_reward checks
+        accepted = reward_options(reward)  # None: an unknown name, which make_reward reports
         if accepted is not None and set(settings.reward_kwargs) - accepted:
             raise SuiteError(f"{where}: reward_kwargs {sorted(set(settings.reward_kwargs) - accepted)} do not apply to "
                              f"reward {reward!r} (it accepts {sorted(accepted) or 'none'})")

@@ -11,7 +11,7 @@ from .fine_grained import FineGrained
 from .holistic import Holistic
 from .kl import KLShaped
 
-__all__ = ["WeightedSum", "make_reward", "REWARD_NAMES"]
+__all__ = ["WeightedSum", "make_reward", "reward_options", "REWARD_NAMES"]
 
 
 class WeightedSum:
@@ -58,6 +58,12 @@ _OPTIONS = {
     "kl-shaped": _KL_OPTIONS,
     "fine-grained+kl": _FG_OPTIONS | _KL_OPTIONS,
 }
+
+
+def reward_options(name: str) -> frozenset[str] | None:
+    """The ``reward_kwargs`` a reward name accepts; ``None`` for a name :func:`make_reward` does not know."""
+    options = _OPTIONS.get(name)
+    return None if options is None else frozenset(options)
 
 
 def make_reward(
