@@ -3,6 +3,7 @@ optimizer step, per-iteration logging, and save/load. Each agent overrides only 
 """
 from __future__ import annotations
 
+import abc
 import json
 import math
 import os
@@ -94,7 +95,7 @@ class Rollout:
         return self.rewards.sum(-1)
 
 
-class Agent:
+class Agent(abc.ABC):
     """A policy-gradient agent that drives a :class:`TokenVectorEnv` through ``reset``/``step``.
 
     The env is the one source of truth for what the agent compares: the policy samples with the
@@ -182,9 +183,9 @@ class Agent:
         )
 
     # ------------------------------------------------------------------ update
+    @abc.abstractmethod
     def update(self, rollout: Rollout) -> dict[str, float]:
         """One policy update from ``rollout``; returns diagnostics. Each agent implements it."""
-        raise NotImplementedError
 
     def optimizer_step(self, loss: torch.Tensor) -> bool:
         """Backward, clip, step; a non-finite loss or gradient never reaches the weights."""

@@ -304,7 +304,7 @@ class Suite:
     """One line for results.md."""
 
     def __post_init__(self):
-        import tokengym  # noqa: F401  (registers the envs)
+        import tokengym.envs  # noqa: F401  (registers the envs)
         from tokengym.agents import AGENTS
         from tokengym.envs import registered_envs
 
@@ -619,7 +619,7 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
     import gymnasium as gym
     import torch
 
-    import tokengym  # noqa: F401  (registers the envs)
+    import tokengym.envs  # noqa: F401  (registers the envs)
     from tokengym.agents import AGENTS
 
     s = cell.settings

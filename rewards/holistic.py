@@ -5,8 +5,8 @@ from typing import Any
 
 import torch
 
-from .base import EpisodeStart, StepBatch
-from .scorers import is_token_scorer, score_texts, score_tokens, scorer_name
+from tokengym.rewards.base import EpisodeStart, StepBatch
+from tokengym.rewards.scorers import is_token_scorer, score_texts, score_tokens, scorer_name
 
 __all__ = ["Holistic"]
 

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .scorers import VaderSentiment, encode_texts, model_max_length, prepare_pad_token, score_texts
+from tokengym.rewards.scorers import VaderSentiment, encode_texts, model_max_length, prepare_pad_token, score_texts
 
 __all__ = [
     "LogSigmoid",

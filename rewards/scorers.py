@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from .base import check_scores
+from tokengym.rewards.base import check_scores
 
 __all__ = [
     "TextScorer",
