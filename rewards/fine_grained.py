@@ -1,4 +1,4 @@
-"""Fine-grained reward (Wu et al. 2023; DESIGN.md §2; seed 003).
+"""Fine-grained reward (Wu et al. 2023; docs/rewards.md; seed 003).
 
 ``K`` scorers, each with a segmenter and a weight; segment ``j`` of model ``k`` ends at step
 ``T_j^k``::

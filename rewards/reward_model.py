@@ -1,4 +1,4 @@
-"""Reward-model training from preferences (DESIGN.md §2; seeds 001, 002, 003).
+"""Reward-model training from preferences (docs/rewards.md; seeds 001, 002, 003).
 
 A reward model is a Hugging Face ``AutoModelForSequenceClassification`` with one label, initialised
 from a causal LM, trained on ``(prompt, chosen, rejected)`` triples to maximise

@@ -1,4 +1,4 @@
-"""Segmenters: where the segments of a fine-grained reward end (Wu et al. 2023; DESIGN.md §2).
+"""Segmenters: where the segments of a fine-grained reward end (Wu et al. 2023; docs/rewards.md).
 
 A segmenter maps one row's response (token ids + tokenizer) to the token indices ``T_1 < T_2 < …``
 that close its segments::
