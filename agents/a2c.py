@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tokengym.agents.advantages import explained_variance, gae, n_step_returns, sequence_sum_mean
+from tokengym.agents.advantages import explained_variance, gae, masked_mean, n_step_returns, sequence_sum_mean
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
 
 __all__ = ["A2C", "A2CConfig"]
@@ -65,6 +65,6 @@ class A2C(Agent):
         return {
             "pg_loss": float(pg_loss.detach()),
             "value_loss": float(value_loss.detach()),
-            "entropy": float(entropy.detach()),
+            "entropy": float(masked_mean(scored.entropy.detach(), mask)),  # per token
             "explained_variance": float(explained_variance(rollout.values, returns, mask)),
         }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tokengym.agents.advantages import (
-    approx_kl_and_clipfrac, explained_variance, gae, masked_whiten, sequence_sum_mean,
+    approx_kl_and_clipfrac, explained_variance, gae, masked_mean, masked_whiten, sequence_sum_mean,
 )
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
 
@@ -109,7 +109,8 @@ class PPO(Agent):
                 entropy = sequence_sum_mean(scored.entropy, mb_mask)
                 self.optimizer_step(pg_loss + c.value_coef * value_loss - c.entropy_coef * entropy)
                 approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[mb], mb_mask, c.clip_eps)
-                for key, value in zip(stats, (pg_loss, value_loss, entropy, approx_kl, clipfrac)):
+                token_entropy = masked_mean(scored.entropy.detach(), mb_mask)  # logged per token
+                for key, value in zip(stats, (pg_loss, value_loss, token_entropy, approx_kl, clipfrac)):
                     stats[key].append(float(value.detach()))
             if c.target_kl is not None and stats["approx_kl"][-1] > 1.5 * c.target_kl:
                 break  # early stop (cleanrl uses the same test per minibatch; we check per epoch)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from tokengym.agents.advantages import (
-    MovingAverageBaseline, discounted_returns, leave_one_out_baseline, sequence_sum_mean,
+    MovingAverageBaseline, discounted_returns, leave_one_out_baseline, masked_mean, sequence_sum_mean,
 )
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
 
@@ -77,7 +77,7 @@ class REINFORCE(Agent):
         pg_loss = -sequence_sum_mean(scored.logprobs * advantages, mask)
         entropy = sequence_sum_mean(scored.entropy, mask)
         loss = pg_loss - self.config.entropy_coef * entropy
-        return loss, {"pg_loss": float(pg_loss.detach()), "entropy": float(entropy.detach())}
+        return loss, {"pg_loss": float(pg_loss.detach()), "entropy": float(masked_mean(scored.entropy.detach(), mask))}
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         loss, stats = self.loss(rollout)
