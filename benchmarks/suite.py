@@ -56,12 +56,13 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from tokengym.lm.io import atomic_write_file
 
 __all__ = [
     "SuiteError", "RunSettings", "Variant", "Cell", "Suite", "load_suite", "parse_ablation",
@@ -711,21 +712,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary sibling, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Compact JSON of :func:`_jsonable` ``data``, written atomically."""
+    atomic_write_file(path, json.dumps(_jsonable(data), separators=(",", ":")))
 
 
 def load_cell(out: Path, cell: Cell) -> dict | None:

@@ -20,15 +20,14 @@ import math
 import os
 import random
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 
-from .loading import EMBEDDED_MODEL_DIR
+from tokengym.envs.loading import EMBEDDED_MODEL_DIR
+from tokengym.lm.io import atomic_write_dir
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -378,22 +377,6 @@ def _set_default_permissions(directory: Path) -> None:
         os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
 
 
-def _atomic_replace_dir(tmp: Path, out_dir: Path) -> None:
-    backup = None
-    if out_dir.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        backup.rmdir()
-        os.replace(out_dir, backup)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, out_dir)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def pretrain(
     out_dir: str | os.PathLike = EMBEDDED_MODEL_DIR,
     corpus_files: Sequence[str | os.PathLike] | None = None,
@@ -533,9 +516,7 @@ def pretrain(
         **{k2: v for k2, v in cfg.items() if k2 != "vocab_size"},
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         # Name the generic fast class so that transformers 4.x loads the tokenizer as well as 5.x.
@@ -549,10 +530,8 @@ def pretrain(
         (tmp / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
         metrics["bytes_on_disk"] = _dir_bytes(tmp)
         _set_default_permissions(tmp)
-        _atomic_replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out_dir, write)
     metrics["out_dir"] = str(out_dir)
     return metrics
 

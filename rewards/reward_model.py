@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -43,7 +42,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .scorers import VaderSentiment, encode_texts, model_max_length, prepare_pad_token, score_texts
+from tokengym.lm.io import atomic_write_dir
+from tokengym.rewards.scorers import VaderSentiment, encode_texts, model_max_length, prepare_pad_token, score_texts
 
 __all__ = [
     "LogSigmoid",
@@ -333,22 +333,15 @@ def _scores(model, tokenizer, texts: Sequence[str], max_length: int, device) -> 
     return model(input_ids=ids, attention_mask=mask.long()).logits[:, 0].float()  # (N,)
 
 
-def _save_atomic(model, tokenizer, out_dir: Path, metrics: Mapping[str, Any]) -> None:
-    """``save_pretrained`` into a temp dir beside ``out_dir``, then rename it into place."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+def _save(model, tokenizer, out_dir: Path, metrics: Mapping[str, Any]) -> None:
+    """``save_pretrained`` the model and tokenizer, with ``training_metrics.json``, atomically."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    atomic_write_dir(out_dir, write)
 
 
 def train_reward_model(
@@ -432,7 +425,7 @@ def train_reward_model(
         metrics["val_loss"] = sum(losses) / len(val)
         metrics["val_accuracy"] = correct / len(val)
     if out_dir is not None:
-        _save_atomic(model, tokenizer, Path(out_dir), metrics)
+        _save(model, tokenizer, Path(out_dir), metrics)
         metrics["out_dir"] = str(out_dir)
     metrics["model"] = model
     return metrics
