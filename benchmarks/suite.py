@@ -55,13 +55,13 @@ import math
 import os
 import platform
 import re
-import sys
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from tokengym.benchmarks.memory import peak_rss_bytes, reset_peak_rss
 from tokengym.lm.io import atomic_write_file
 
 __all__ = [
@@ -593,28 +593,6 @@ class CalibrationProbe:
         return out
 
 
-def _reset_peak_rss() -> str:
-    """Reset the kernel's RSS high-water mark (Linux); returns the scope the peak will have."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return "cell"
-    except OSError:
-        return "process"
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
 def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], None] | None = None) -> dict:
     """Train ``cell``'s agent on its env through ``Agent.learn``; returns the cell's record."""
     import gymnasium as gym
@@ -640,7 +618,7 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
         if on_iteration is not None:
             on_iteration(stats)
 
-    scope = _reset_peak_rss()
+    scope = reset_peak_rss()
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -648,7 +626,7 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
     history = agent.learn(s.episodes, callback=callback)
     wall_s = time.perf_counter() - start
     record = summarise(cell, history, wall_s=wall_s)
-    record.update(peak_rss_mb=_peak_rss_mb(), peak_rss_scope=scope, device=str(device))
+    record.update(peak_rss_mb=peak_rss_bytes() / 2**20, peak_rss_scope=scope, device=str(device))
     if cuda:
         record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if start_exact:
