@@ -254,7 +254,7 @@ def plot_bands(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
 
 def plot_reward_collapse(result: Mapping[str, Any], path: str | Path) -> Path:
     """Reward distributions per prompt type (open- vs closed-ended) under each utility of
-    :func:`tokengym.rewards.reward_model.reward_collapse_experiment`: histograms, and the mean
+    :func:`tokengym.benchmarks.reproduce.reward_collapse_experiment`: histograms, and the mean
     reward at each rank."""
     plt = pyplot()
     utilities = [k for k in result if k != "separation"]
