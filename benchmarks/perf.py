@@ -11,6 +11,9 @@ The figures and how to read them are in ``docs/performance.md``.
 Models: ``"embedded"`` (the shipped default) and ``"gpt2-small-random"`` (GPT-2 small's shape,
 12 layers, 768 wide, 50257 tokens, 1024 positions, randomly initialised: no download). With
 ``quick=True`` the GPT-2 shape shrinks to 2 layers × 64 and every size is tiny, for CI.
+
+Over 400 lines: it is the measurements only (the figures are in ``plots.py``), and they share one
+side-by-side timing method (:func:`interleaved`, :func:`paired_ratio`) that is read with them.
 """
 from __future__ import annotations
 
