@@ -7,8 +7,6 @@ import abc
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -264,28 +262,15 @@ class Agent(abc.ABC):
         them), the config, and optimizer/RNG/progress state. Atomic: everything is written to a
         temporary sibling and renamed into place; files named in ``keep`` that already exist in
         ``directory`` (a run's metrics, say) are carried over."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
-            for name in keep:
-                if (directory / name).is_file():
-                    shutil.copy2(directory / name, tmp / name)
+        from tokengym.lm.io import atomic_write_dir
+
+        def write(tmp: Path) -> None:
             self.policy.save_pretrained(tmp / "policy")
             self.reference.model.save_pretrained(tmp / "reference")
             (tmp / CONFIG_FILE).write_text(json.dumps({"agent": type(self).__name__, **asdict(self.config)}, indent=2))
             torch.save(self._trainer_state(), tmp / TRAINER_STATE_FILE)
-            if directory.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-                os.replace(directory, old / directory.name)
-                os.replace(tmp, directory)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+
+        return atomic_write_dir(directory, write, keep=keep)
 
     def _trainer_state(self) -> dict:
         return {

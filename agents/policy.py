@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -257,24 +255,14 @@ class Policy(torch.nn.Module):
         ``value_model/`` for a separate value model. Written to a temporary sibling directory and
         renamed into place, so a crash never leaves a half-written ``directory``.
         """
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        from tokengym.lm.io import atomic_write_dir
+
+        def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
             if self.value_head is not None:
                 state = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
                 save_file(state, tmp / VALUE_HEAD_FILE)
             if self.value_model is not None:
                 self.value_model.save_pretrained(tmp / VALUE_MODEL_DIR)
-            # rename() cannot replace a non-empty directory: move the old one aside first.
-            old = None
-            if directory.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-                os.replace(directory, old / directory.name)
-            os.replace(tmp, directory)
-            if old is not None:
-                shutil.rmtree(old)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        atomic_write_dir(directory, write)

@@ -12,10 +12,9 @@ __all__ = ["add_cli", "train", "plot_curve"]
 
 def plot_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Reward (and KL to the reference) against episodes, saved as a PNG."""
-    import matplotlib
+    from tokengym.lm.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     episodes = [h["episodes"] for h in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -27,10 +26,7 @@ def plot_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
     twin.set_ylabel("KL(π_θ‖π_ref) per sequence", color="tab:red")
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def train(

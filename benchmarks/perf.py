@@ -11,13 +11,15 @@ The figures and how to read them are in ``docs/performance.md``.
 Models: ``"embedded"`` (the shipped default) and ``"gpt2-small-random"`` (GPT-2 small's shape,
 12 layers, 768 wide, 50257 tokens, 1024 positions, randomly initialised: no download). With
 ``quick=True`` the GPT-2 shape shrinks to 2 layers × 64 and every size is tiny, for CI.
+
+Over 400 lines: it is the measurements only (the figures are in ``plots.py``), and they share one
+side-by-side timing method (:func:`interleaved`, :func:`paired_ratio`) that is read with them.
 """
 from __future__ import annotations
 
 import copy
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,9 @@ from typing import Any, Callable, Iterator
 
 import gymnasium as gym
 import torch
+
+from tokengym.benchmarks import plots
+from tokengym.benchmarks.memory import peak_rss_bytes
 
 __all__ = ["run_perf", "count_host_reads", "ZeroReward", "Sizes", "FULL", "QUICK"]
 
@@ -407,17 +412,6 @@ def rollout_storage(rollout) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _max_rss_bytes() -> int:
-    """This process's peak RSS. Linux: ``VmHWM``, since ``ru_maxrss`` keeps the parent's RSS at
-    fork across ``execve``."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
-
-
 def training_memory(
     model_name: str, quick: bool, device: str, bf16: bool, iterations: int, threads: int
 ) -> dict[str, Any]:
@@ -428,11 +422,11 @@ def training_memory(
     sizes = QUICK if quick else FULL
     model = build_model(model_name, quick=quick, device=device, bf16=bf16)
     agent = _agent(PPO, model, sizes, device, bf16)
-    before = _max_rss_bytes()
+    before = peak_rss_bytes()
     start = time.perf_counter()
     agent.learn(total_episodes=iterations * sizes.update_batch)
     out = {
-        "peak_rss_bytes": _max_rss_bytes(),
+        "peak_rss_bytes": peak_rss_bytes(),
         "peak_rss_before_training_bytes": before,
         "seconds": time.perf_counter() - start,
         "iterations": iterations,
@@ -565,59 +559,6 @@ def audit_host_reads(model, device: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
-
-
-def plot_rollout(rollout: dict[str, dict[str, Any]], path: Path) -> None:
-    """Gym-loop / generate() throughput ratio per model and batch, against the 0.95 goal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(rollout)
-    batches = list(rollout[models[0]])
-    width = 0.8 / len(batches)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(models), 3.4))
-    for j, batch in enumerate(batches):
-        x = [i + (j - (len(batches) - 1) / 2) * width for i in range(len(models))]
-        ratios = [rollout[m][batch]["ratio"] for m in models]
-        ax.bar(x, ratios, width, label=f"B={batch}")
-        for xi, m, r in zip(x, models, ratios):
-            ax.annotate(f"{rollout[m][batch]['env_tokens_per_s']:.0f}", (xi, r), ha="center", va="bottom", fontsize=7)
-    ax.axhline(GOALS["rollout_ratio"], color="k", ls="--", lw=1, label="goal 0.95")
-    ax.set_xticks(range(len(models)), models)
-    ax.set_ylabel("Gym loop ÷ generate() tokens/s")
-    ax.set_title("rollout throughput (labels: Gym loop tokens/s)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_cost_growth(growth: dict[str, Any], model: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    ms = lambda seconds: [1e3 * s for s in seconds]  # noqa: E731
-    ax.plot(growth["contexts"], ms(growth["cached_seconds_per_token"]), "o-", label="KV cache (CachedLM.step)")
-    ax.plot(growth["contexts"], ms(growth["uncached_seconds_per_token"]), "s--", label="no cache (full forward)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("context (tokens)")
-    ax.set_ylabel("ms per generated token")
-    ax.set_title(f"{model}, batch 1", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
 
@@ -699,8 +640,8 @@ def run_perf(
 
     results["summary"] = summarize(results)
     (out_dir / "perf.json").write_text(json.dumps(results, indent=1))
-    plot_rollout(results["rollout"], out_dir / "rollout.png")
-    plot_cost_growth(results["cost_growth"], growth_model, out_dir / "cost_growth.png")
+    plots.plot_rollout(results["rollout"], out_dir / "rollout.png", goal=GOALS["rollout_ratio"])
+    plots.plot_cost_growth(results["cost_growth"], growth_model, out_dir / "cost_growth.png")
     return results
 
 

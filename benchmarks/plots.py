@@ -1,6 +1,8 @@
 """Tables and figures of benchmark records (the dicts :func:`tokengym.benchmarks.suite.run_suite`
 returns): markdown tables, learning curves and reward–KL plots with mean ± std over seeds, the
-frontier of an ablation, and the reward-collapse histograms."""
+frontier of an ablation, and the reward-collapse histograms; and the figures of the performance
+runs (:func:`tokengym.benchmarks.perf.run_perf`). The matplotlib setup is
+:mod:`tokengym.lm.plotting`'s."""
 from __future__ import annotations
 
 import math
@@ -9,19 +11,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from tokengym.lm.plotting import pyplot, save_figure
+
 __all__ = [
     "group_runs", "mean_std", "fmt", "results_table", "ablation_table", "curve",
     "plot_learning_curves", "plot_reward_vs_kl", "plot_frontier", "plot_bands", "plot_reward_collapse",
+    "plot_rollout", "plot_cost_growth",
 ]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def group_runs(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], list[Mapping[str, Any]]]:
@@ -151,7 +147,7 @@ def _panels(records, plt, ncols_max: int = 3):
 
 def plot_learning_curves(records, path: str | Path, y: str = "reward", ylabel: str | None = None, log: bool = False) -> Path:
     """``y`` against episodes, one panel per env, one line per agent (× config), mean ± std band."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = group_runs(records)
     fig, axes = _panels(records, plt)
     for key, runs in groups.items():
@@ -170,13 +166,13 @@ def plot_learning_curves(records, path: str | Path, y: str = "reward", ylabel: s
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path, plt)
+    return _save(fig, path)
 
 
 def plot_reward_vs_kl(records, path: str | Path) -> Path:
     """The score (reward without the KL term) against KL(π_θ‖π_ref) along training, per agent:
     the mean path over seeds, with ± std error bars at a few points."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = group_runs(records)
     fig, axes = _panels(records, plt)
     for key, runs in groups.items():
@@ -196,12 +192,12 @@ def plot_reward_vs_kl(records, path: str | Path) -> Path:
         ax.set_ylabel("score (reward without KL term)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path, plt)
+    return _save(fig, path)
 
 
 def plot_frontier(records, path: str | Path, y: str = "final_score", ylabel: str = "final score (reward without KL term)") -> Path:
     """Final ``y`` against final KL to the reference, one point per config, error bars = std over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = group_runs(records)
     fig, axes = _panels(records, plt)
     frontier: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -224,7 +220,7 @@ def plot_frontier(records, path: str | Path, y: str = "final_score", ylabel: str
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path, plt)
+    return _save(fig, path)
 
 
 def _get(record: Mapping[str, Any], key: str) -> Any:
@@ -238,7 +234,7 @@ def _get(record: Mapping[str, Any], key: str) -> Any:
 def plot_bands(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | Path, *, xlabel: str,
                ylabel: str, title: str = "", log: bool = False, hlines: Mapping[str, float] | None = None) -> Path:
     """Several (x, mean, std) curves on one axis, with bands; optional labelled horizontal lines."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, (xs, mean, std) in curves.items():
         (line,) = ax.plot(xs, mean, label=label)
@@ -253,14 +249,14 @@ def plot_bands(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path, plt)
+    return _save(fig, path)
 
 
 def plot_reward_collapse(result: Mapping[str, Any], path: str | Path) -> Path:
     """Reward distributions per prompt type (open- vs closed-ended) under each utility of
-    :func:`tokengym.rewards.reward_model.reward_collapse_experiment`: histograms, and the mean
+    :func:`tokengym.benchmarks.reproduce.reward_collapse_experiment`: histograms, and the mean
     reward at each rank."""
-    plt = _pyplot()
+    plt = pyplot()
     utilities = [k for k in result if k != "separation"]
     fig, axes = plt.subplots(2, len(utilities), figsize=(5.2 * len(utilities), 7.0), squeeze=False)
     bins = np.linspace(0, 1, 21)
@@ -280,13 +276,53 @@ def plot_reward_collapse(result: Mapping[str, Any], path: str | Path) -> Path:
         ranks.set_ylabel("reward (band: min–max over prompts)")
         ranks.grid(alpha=0.3)
         ranks.legend(fontsize=8)
-    return _save(fig, path, plt)
+    return _save(fig, path)
 
 
-def _save(fig, path: str | Path, plt) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
+
+
+# --------------------------------------------------------------------------------------------
+# Performance runs (tokengym bench --perf)
+# --------------------------------------------------------------------------------------------
+
+
+def plot_rollout(rollout: Mapping[str, Mapping[str, Any]], path: str | Path, *, goal: float) -> Path:
+    """Gym-loop / generate() throughput ratio per model and batch, against the ``goal`` ratio."""
+    plt = pyplot()
+    models = list(rollout)
+    batches = list(rollout[models[0]])
+    width = 0.8 / len(batches)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(models), 3.4))
+    for j, batch in enumerate(batches):
+        x = [i + (j - (len(batches) - 1) / 2) * width for i in range(len(models))]
+        ratios = [rollout[m][batch]["ratio"] for m in models]
+        ax.bar(x, ratios, width, label=f"B={batch}")
+        for xi, m, r in zip(x, models, ratios):
+            ax.annotate(f"{rollout[m][batch]['env_tokens_per_s']:.0f}", (xi, r), ha="center", va="bottom", fontsize=7)
+    ax.axhline(goal, color="k", ls="--", lw=1, label=f"goal {goal:g}")
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("Gym loop ÷ generate() tokens/s")
+    ax.set_title("rollout throughput (labels: Gym loop tokens/s)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90)
+
+
+def plot_cost_growth(growth: Mapping[str, Any], model: str, path: str | Path) -> Path:
+    """Milliseconds per generated token against context, with and without the KV cache."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ms = lambda seconds: [1e3 * s for s in seconds]  # noqa: E731
+    ax.plot(growth["contexts"], ms(growth["cached_seconds_per_token"]), "o-", label="KV cache (CachedLM.step)")
+    ax.plot(growth["contexts"], ms(growth["uncached_seconds_per_token"]), "s--", label="no cache (full forward)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("ms per generated token")
+    ax.set_title(f"{model}, batch 1", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90)

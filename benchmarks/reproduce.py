@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from tokengym.benchmarks import plots
 from tokengym.benchmarks.suite import environment_line, run_suite, write_json_atomic
+from tokengym.rewards.utilities import LogSigmoid, NegPower, Power, PromptAware, preference_loss
 
 RESULTS_DIR = Path("benchmarks") / "results"
 
@@ -134,11 +136,73 @@ def reproduce_calibration(out: Path, progress: bool = True) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _wasserstein_1d(a: torch.Tensor, b: torch.Tensor) -> float:
+    """W1 between two equal-size samples: mean gap between their sorted values."""
+    return (a.flatten().sort().values - b.flatten().sort().values).abs().mean().item()
+
+
+def reward_collapse_experiment(
+    n_prompts: int = 4, n_completions: int = 8, steps: int = 600, hidden: int = 32, lr: float = 5e-2, seed: int = 0
+) -> dict[str, Any]:
+    """Reward collapse, in the paper's set-up at toy scale.
+
+    ``n_prompts`` open-ended and ``n_prompts`` closed-ended prompts each have ``n_completions``
+    completions with a full ranking (every ordered pair is a training pair). A completion is a
+    feature vector: its latent quality, which sets the ranking, plus three noise features. The
+    reward model is an MLP over a learned prompt embedding and the completion features with a
+    sigmoid output, so rewards lie in [0, 1] as the paper assumes; it is large enough to
+    interpolate the rankings. It is trained twice, full batch with Adam:
+
+    * ``"log-sigmoid"``: the fixed ``U(x) = log σ(x)`` for every prompt;
+    * ``"prompt-aware"``: ``U(x) = x`` for closed-ended and ``U(x) = −1/x`` for open-ended prompts.
+
+    Returns, per utility, the rewards of every prompt's completions from most to least preferred
+    (``{"open": (n_prompts, n_completions), "closed": ...}`` tensors), and ``"separation"``: the
+    1-D Wasserstein distance between the pooled open and pooled closed rewards. With the fixed
+    utility both types converge to the same prompt-independent profile (for 8 completions about
+    ``[1, 1, 1, .76, .24, 0, 0, 0]``), so the separation is near 0: collapse. The prompt-aware
+    utility polarises closed-ended rewards towards {0, 1} and spreads open-ended ones evenly.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n_total = 2 * n_prompts
+    quality = torch.randn(n_total, n_completions, generator=gen)  # latent quality: sets the ranking
+    features = torch.cat([quality[..., None], torch.randn(n_total, n_completions, 3, generator=gen)], -1)
+    ranked = quality.argsort(dim=1, descending=True)  # (prompt, rank) completion index
+    closed = torch.arange(n_total) >= n_prompts  # the second half of the prompts is closed-ended
+    w_rank, l_rank = torch.triu_indices(n_completions, n_completions, offset=1)  # rank i beats rank j > i
+    kinds = ["closed" if c else "open" for c in closed.repeat_interleave(len(w_rank)).tolist()]
+    prompt_aware = PromptAware(lambda kind: Power(1.0) if kind == "closed" else NegPower(1.0))
+
+    def train(utility: Any) -> torch.Tensor:
+        torch.manual_seed(seed)
+        embed = torch.nn.Embedding(n_total, 8)
+        mlp = torch.nn.Sequential(torch.nn.Linear(8 + features.shape[-1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+        optimizer = torch.optim.Adam([*embed.parameters(), *mlp.parameters()], lr=lr)
+
+        def scores() -> torch.Tensor:  # (prompt, rank) raw scores
+            inputs = torch.cat([embed.weight[:, None].expand(-1, n_completions, -1), features], -1)
+            return mlp(inputs).squeeze(-1).gather(1, ranked)
+
+        for _ in range(steps):
+            s = scores()
+            loss = preference_loss(s[:, w_rank].flatten(), s[:, l_rank].flatten(), utility, kinds)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            return torch.sigmoid(scores())  # (prompt, rank) rewards in [0, 1]
+
+    out: dict[str, Any] = {"separation": {}}
+    for name, utility in (("log-sigmoid", LogSigmoid(1.0, bounded=True)), ("prompt-aware", prompt_aware)):
+        rewards = train(utility)
+        out[name] = {"open": rewards[~closed], "closed": rewards[closed]}
+        out["separation"][name] = _wasserstein_1d(rewards[~closed], rewards[closed])
+    return out
+
+
 def reproduce_collapse(out: Path, progress: bool = True) -> dict:
     """Reward distributions per prompt type under log-sigmoid and prompt-aware utilities."""
     import time
-
-    from tokengym.rewards.reward_model import reward_collapse_experiment
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -1,8 +1,9 @@
 """tokengym.lm: the language-model machinery every other layer builds on.
 
 Loading models and tokenizers, cached one-token stepping, teacher-forced scoring, sampling, the
-reference model and the KL estimators. This package imports nothing else from tokengym; the
-dependency order is ``lm ← rewards ← envs ← agents ← benchmarks ← tokengym`` (the CLI).
+reference model and the KL estimators, atomic writes (:mod:`tokengym.lm.io`) and the shared
+matplotlib setup (:mod:`tokengym.lm.plotting`). This package imports nothing else from tokengym;
+the dependency order is ``lm ← rewards ← envs ← agents ← benchmarks ← tokengym`` (the CLI).
 """
 from tokengym.lm.cached_lm import CachedLM, positions_from_mask
 from tokengym.lm.kl import ESTIMATORS, REWARD_ESTIMATORS, check_estimator, kl_estimate

@@ -8,15 +8,13 @@ from tokengym.rewards.compose import REWARD_NAMES, WeightedSum, make_reward, rew
 from tokengym.rewards.fine_grained import FineGrained
 from tokengym.rewards.holistic import Holistic
 from tokengym.rewards.kl import AdaptiveKL, KLShaped
-from tokengym.rewards.reward_model import (
-    Log, LogSigmoid, NegPower, Power, PromptAware, load_pairs_jsonl, make_utility, preference_loss,
-    reward_collapse_experiment, synthetic_pairs, train_reward_model,
-)
+from tokengym.rewards.reward_model import load_pairs_jsonl, synthetic_pairs, train_reward_model
 from tokengym.rewards.scorers import (
     ExactMatch, KeywordInclusion, LengthWindow, Profanity, RegexMatch, RepetitionPenalty,
     SequenceClassifierScorer, TokenScorer, TRLRewardFunction, VaderSentiment, score_texts, score_tokens,
 )
 from tokengym.rewards.segmenters import FixedSpan, Segmenter, Sentence, SubSentence, TokenSegmenter, get_segmenter
+from tokengym.rewards.utilities import Log, LogSigmoid, NegPower, Power, PromptAware, make_utility, preference_loss
 
 __all__ = [
     "AdaptiveKL", "ESTIMATORS", "EpisodeStart", "ExactMatch", "FineGrained", "FixedSpan", "Holistic",
@@ -25,5 +23,5 @@ __all__ = [
     "Sentence", "SequenceClassifierScorer", "StepBatch", "SubSentence", "TRLRewardFunction", "TokenScorer",
     "TokenSegmenter", "VaderSentiment", "WeightedSum", "as_components", "check_scores", "get_segmenter",
     "kl_estimate", "load_pairs_jsonl", "make_reward", "make_utility", "preference_loss",
-    "reference_request", "reward_collapse_experiment", "reward_options", "score_texts", "score_tokens", "synthetic_pairs", "train_reward_model",
+    "reference_request", "reward_options", "score_texts", "score_tokens", "synthetic_pairs", "train_reward_model",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokengym.envs import pretrain as pretrain_mod
+from tokengym.benchmarks import pretrain as pretrain_mod
 from tokengym.lm.loading import EMBEDDED_MODEL_DIR, load_causal_lm, load_tokenizer
 
 SUBJECTS = ["The cat", "My brother", "The old farmer", "A young girl", "The teacher", "Our neighbour",
@@ -180,3 +180,13 @@ def test_embedded_model_perplexity_far_below_uniform(embedded):
             n += ids.shape[1] - 1
     ppl = math.exp(nll / n)
     assert ppl < V / 20, ppl
+
+
+def test_runtime_packages_do_not_import_the_build_script():
+    import subprocess
+    import sys
+
+    code = ("import sys, tokengym, tokengym.envs, tokengym.rewards, tokengym.agents; "
+            "print(sorted(m for m in sys.modules if 'pretrain' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

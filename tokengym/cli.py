@@ -7,7 +7,7 @@ import sys
 
 # Modules that register their subcommands with `add_cli(subparsers)`.
 _SUBCOMMAND_MODULES = [
-    "tokengym.envs.pretrain",
+    "tokengym.benchmarks.pretrain",
     "tokengym.rewards.reward_model",
     "tokengym.agents.train",
     "tokengym.benchmarks.cli",

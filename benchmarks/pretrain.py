@@ -6,11 +6,15 @@ The corpus is offline text that Debian ships: the ``fortunes`` / ``fortunes-min`
 trains the tokenizer and the model, measures held-out perplexity, and writes both in Hugging Face
 format (``save_pretrained``, safetensors, fp32) so that plain ``transformers`` loads them::
 
-    tokengym pretrain                         # rebuilds envs/embedded_model/ with the defaults
-    python -m tokengym.envs.pretrain --quick --out /tmp/tiny_lm
+    tokengym pretrain                         # rebuilds lm/embedded_model/ with the defaults
+    python -m tokengym.benchmarks.pretrain --quick --out /tmp/tiny_lm
 
-Writes are atomic: everything goes into a temporary directory next to ``out_dir`` that is then
-renamed into place.
+Writes are atomic (:func:`tokengym.lm.io.atomic_write_dir`).
+
+This is a build script, not runtime code: it lives in ``benchmarks/`` and nothing in the runtime
+packages imports it (``tokengym pretrain`` loads it when the CLI runs). It is over 400 lines
+because it is one pipeline (corpus cleaning, tokenizer, model, training loop, evaluation, CLI)
+that is read and changed together.
 """
 from __future__ import annotations
 
@@ -20,8 +24,6 @@ import math
 import os
 import random
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from tokengym.lm.loading import EMBEDDED_MODEL_DIR
+from tokengym.lm.io import atomic_write_dir
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -378,22 +381,6 @@ def _set_default_permissions(directory: Path) -> None:
         os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
 
 
-def _atomic_replace_dir(tmp: Path, out_dir: Path) -> None:
-    backup = None
-    if out_dir.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        backup.rmdir()
-        os.replace(out_dir, backup)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, out_dir)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def pretrain(
     out_dir: str | os.PathLike = EMBEDDED_MODEL_DIR,
     corpus_files: Sequence[str | os.PathLike] | None = None,
@@ -533,9 +520,7 @@ def pretrain(
         **{k2: v for k2, v in cfg.items() if k2 != "vocab_size"},
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         # Name the generic fast class so that transformers 4.x loads the tokenizer as well as 5.x.
@@ -549,10 +534,8 @@ def pretrain(
         (tmp / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
         metrics["bytes_on_disk"] = _dir_bytes(tmp)
         _set_default_permissions(tmp)
-        _atomic_replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out_dir, write)
     metrics["out_dir"] = str(out_dir)
     return metrics
 
@@ -615,7 +598,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokengym.envs.pretrain",
+    parser = argparse.ArgumentParser(prog="python -m tokengym.benchmarks.pretrain",
                                      description=__doc__.split("\n\n")[0])
     _add_arguments(parser)
     args = parser.parse_args(argv)
