@@ -133,16 +133,15 @@ def check_checkpoint(path: Path, run_id: str, agent_name: str) -> str | None:
     return None
 
 
-def newest_valid(run_dir, run_id: str, agent_name: str, report: Callable[[str], None]) -> tuple[Path | None, int]:
-    """The newest valid checkpoint (or None) and how many checkpoints were found; each invalid
-    one is reported in one line."""
-    found = list_checkpoints(run_dir)
-    for path in found:
+def newest_valid(run_dir, run_id: str, agent_name: str) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest valid checkpoint (or None), and each newer invalid one with its reason."""
+    skipped = []
+    for path in list_checkpoints(run_dir):
         reason = check_checkpoint(path, run_id, agent_name)
         if reason is None:
-            return path, len(found)
-        report(f"skipping checkpoint {path}: {reason}")
-    return None, len(found)
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
 
 
 def restore(agent, path: Path) -> None:

@@ -158,8 +158,8 @@ def _check_env(env_id: str):
     if f"tokengym/{env_id}" in envs:
         raise bad_value("--env", env_id, f"a registered env id; did you mean tokengym/{env_id}?")
     if env_id in gym.registry:
-        raise bad_value("--env", env_id, "a tokengym/ env (tokengym train drives token-level envs only; see `tokengym envs`)")
-    raise bad_value("--env", env_id, f"one of {', '.join(sorted(envs))} (see `tokengym envs`)")
+        raise bad_value("--env", env_id, "a tokengym/ env (tokengym train drives token-level envs only; see 'tokengym envs')")
+    raise bad_value("--env", env_id, f"one of {', '.join(sorted(envs))} (see 'tokengym envs')")
 
 
 def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str] = frozenset()) -> Plan:
@@ -345,19 +345,25 @@ def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: boo
     from tokengym.agents import checkpoint
 
     s = settings
+    run_id = _run_id(s)
+    path = None
+    if resuming:  # choose the checkpoint before loading anything
+        path, skipped = checkpoint.newest_valid(run_dir, run_id, plan.agent_class.__name__)
+        if path is None and skipped:
+            reasons = "; ".join(f"{p.name}: {reason}" for p, reason in skipped)
+            raise bad_value("--resume", str(run_dir), f"a valid checkpoint; none of the {len(skipped)} in "
+                            f"{run_dir / checkpoint.CHECKPOINTS} is ({reasons})")
+        for p, reason in skipped:
+            _say(f"skipping checkpoint {p}: {reason}")
     try:
         envs = gym.make_vec(s["env"], num_envs=s["batch_size"], **plan.env_kwargs)
         learner = plan.agent_class(envs, plan.config)
     except (ValueError, TypeError) as exc:  # a setting the env or agent refuses (e.g. T beyond the context)
         raise UsageError(f"--env {s['env']}: {exc}") from None
 
-    run_id = _run_id(s)
     metrics_path = run_dir / METRICS_FILE
     if resuming:
         checkpoint.remove_partial(run_dir)
-        path, found = checkpoint.newest_valid(run_dir, run_id, type(learner).__name__, _say)
-        if path is None and found:
-            raise bad_value("--resume", str(run_dir), f"a valid checkpoint; none of the {found} in {run_dir / checkpoint.CHECKPOINTS} is")
         if path is None:
             _say(f"{run_dir} has no checkpoint yet: restarting the run from iteration 0")
         else:
@@ -372,7 +378,7 @@ def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: boo
     total = s["episodes"]
     bar = tqdm(total=total, initial=min(learner.episodes, total), unit="ep", disable=not progress,
                dynamic_ncols=True, desc=f"{s['agent']} {s['env']}")
-    with metrics_path.open("a") as metrics:
+    with metrics_path.open("a") as metrics, bar:  # the bar closes (and leaves its line) on errors too
         while learner.episodes < total:
             stats = learner.train_iteration()
             metrics.write(json.dumps(stats) + "\n")
@@ -383,7 +389,6 @@ def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: boo
             if s["save_every"] is not None and (learner.iteration % s["save_every"] == 0 or done):
                 os.fsync(metrics.fileno())
                 checkpoint.write_checkpoint(learner, run_dir, run_id, s["keep_checkpoints"])
-    bar.close()
     history = learner.history
     plot_curve(history, run_dir / "curve.png", title=f"{s['agent']} on {s['env']} ({s['reward'] or 'default reward'})")
     _save_final(learner, run_dir)
