@@ -123,7 +123,7 @@ class Agent:
         config = config if config is not None else self.config_class()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        env = getattr(env, "unwrapped", env)
+        env, self.statistics_wrappers = _driveable(env)
         if not isinstance(env, TokenVectorEnv):
             raise TypeError(
                 f"agents drive the batched env from gymnasium.make_vec('tokengym/...'), got {type(env).__name__}"
@@ -202,7 +202,7 @@ class Agent:
                 "parameter?): this update would change nothing"
             )
         if not torch.isfinite(loss):
-            self._skip(f"loss = {float(loss)}")
+            self._skip(f"loss = {float(loss.detach())}")
             return False
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
@@ -250,6 +250,7 @@ class Agent:
         start = time.perf_counter()
         rollout = self.collect()
         rollout_seconds = time.perf_counter() - start
+        self._record_statistics(rollout, rollout_seconds)
         update_beta = getattr(self.env.reward, "update_beta", None)  # an adaptive KL-shaped reward
         beta = {"beta": update_beta()} if callable(update_beta) else {}
         self._skipped_now = []
@@ -290,6 +291,18 @@ class Agent:
         }
         self.history.append(stats)
         return stats
+
+    def _record_statistics(self, rollout: Rollout, seconds: float) -> None:
+        """Feed the episodes to the env's ``RecordEpisodeStatistics`` wrappers, as their ``step`` would."""
+        if not self.statistics_wrappers:
+            return
+        returns = rollout.scores.double().cpu().numpy()  # (B,)
+        lengths = rollout.mask.sum(-1).cpu().numpy()  # (B,)
+        for wrapper in self.statistics_wrappers:
+            wrapper.episode_count += len(returns)
+            wrapper.return_queue.extend(returns.tolist())
+            wrapper.length_queue.extend(lengths.tolist())
+            wrapper.time_queue.extend([round(seconds, 6)] * len(returns))
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, keep: tuple[str, ...] = ()) -> Path:
@@ -394,6 +407,34 @@ class Agent:
         state = torch.load(directory / TRAINER_STATE_FILE, map_location=env.device, weights_only=True)
         agent._restore_trainer_state(state)
         return agent
+
+
+def _driveable(env) -> tuple[Any, list]:
+    """The :class:`TokenVectorEnv` under ``env``, and the ``RecordEpisodeStatistics`` wrappers on it.
+
+    The agent drives the env's own ``reset``/``step`` (one KV cache per batch, log-probs passed to
+    ``step``), so a wrapper's ``step`` would be bypassed: only statistics wrappers, which the agent
+    feeds itself, are accepted; any other wrapper, and SAME_STEP autoreset, raise with the reason."""
+    from gymnasium.vector import AutoresetMode, VectorWrapper
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+    statistics, layer = [], env
+    while isinstance(layer, VectorWrapper):
+        if not isinstance(layer, RecordEpisodeStatistics):
+            raise TypeError(
+                f"agents cannot drive an env wrapped in {type(layer).__name__}: they call the TokenVectorEnv's "
+                "reset/step themselves (one KV cache per batch, log-probs passed to step), so the wrapper would "
+                "be silently bypassed. Only RecordEpisodeStatistics is supported; pass env.unwrapped, or put the "
+                "transformation in the env's reward"
+            )
+        statistics.append(layer)
+        layer = layer.env
+    if getattr(layer, "metadata", {}).get("autoreset_mode") == AutoresetMode.SAME_STEP:
+        raise ValueError(
+            "agents need autoreset_mode='disabled': with 'same-step' a finished row restarts inside step() "
+            "while the agent keeps one KV cache for the batch, so two episodes would be mixed in one row"
+        )
+    return layer, statistics
 
 
 def _numpy_global_state() -> list:
