@@ -233,7 +233,12 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
     if kl_reward and s["beta"] is not None:
         reward_kwargs["beta"] = s["beta"]
     if kl_reward and s["kl_estimator"] is not None:
-        reward_kwargs["estimator"] = s["kl_estimator"]
+        from tokengym.lm.kl import REWARD_ESTIMATORS
+
+        if s["kl_estimator"] in REWARD_ESTIMATORS:
+            reward_kwargs["estimator"] = s["kl_estimator"]
+        elif not grpo:  # the reward's per-token penalty must be unbiased per token (docs/kl.md)
+            raise bad_value("--kl-estimator", s["kl_estimator"], f"{' or '.join(REWARD_ESTIMATORS)} for a KL-shaped reward")
 
     # Agent config: named flags, then --set FIELD=VALUE, then the dataclass's own checks.
     config_fields = {f.name for f in fields(agent_class.config_class)}

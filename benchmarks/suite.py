@@ -553,7 +553,7 @@ def _attach_side_scores(env, names: Sequence[str]) -> SideScores | None:
     task = env.task
     extra = {
         name: make_reward(name, task_scorer=task.scorer() if task.scorer else None, fine_grained=task.fine_grained,
-                          tokenizer=env.tokenizer, device=env.device)
+                          tokenizer=env.tokenizer)
         for name in names
     }
     env.reward = SideScores(env.reward, extra)

@@ -27,7 +27,9 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
-__all__ = ["EpisodeStart", "StepBatch", "Reward", "RewardOutput", "as_components", "check_scores"]
+__all__ = [
+    "EpisodeStart", "StepBatch", "Reward", "RewardOutput", "as_components", "check_scores", "reference_request",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class EpisodeStart:
     """T, the episode's action budget."""
     tokenizer: Any
     """The env's tokenizer (``decode``/``batch_decode``); ``None`` for token-only tasks."""
+    temperature: float = 1.0
+    """The env's sampling temperature τ: every log-prob compared with the policy's is taken at τ."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,11 @@ class StepBatch:
     """B decoded prompts of the current episodes."""
     tokenizer: Any
     """The env's tokenizer; ``None`` for token-only tasks."""
+    ref_logprobs: torch.Tensor | None = None
+    """(B,) float log π_ref(a_t|s_t) at the env's temperature, from the env's one reference model.
+
+    Filled when the reward declares ``needs_reference`` (see :func:`reference_request`); ``None``
+    otherwise."""
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -104,6 +113,27 @@ class Reward(Protocol):
 
     def __call__(self, step: StepBatch) -> RewardOutput:
         """This step's rewards, (B,) float on the env's device, or a dict of named components."""
+
+
+def reference_request(reward: Any) -> tuple[bool, Any]:
+    """``(needed, ref_model)``: whether ``reward`` needs per-token ``log π_ref`` from the env, and
+    the π_ref it names (``None``: the env's default, the policy's starting weights).
+
+    A reward declares the need with ``needs_reference = True`` and may name a model in
+    ``ref_model``; a composite reward (one with ``children()``) needs it if any child does, and
+    its children must not name different models.
+    """
+    children = reward.children() if hasattr(reward, "children") else ()
+    needed = bool(getattr(reward, "needs_reference", False))
+    named = [getattr(reward, "ref_model", None)] if needed else []
+    for child in children:
+        child_needed, child_model = reference_request(child)
+        needed |= child_needed
+        named.append(child_model)
+    named = [m for m in named if m is not None]
+    if any(m is not named[0] and m != named[0] for m in named[1:]):
+        raise ValueError(f"the reward's components name different reference models {named}; a run has one π_ref")
+    return needed, (named[0] if named else None)
 
 
 def as_components(output: RewardOutput, name: str = "reward") -> dict[str, torch.Tensor]:

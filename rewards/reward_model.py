@@ -319,7 +319,7 @@ def _load_classifier(base_model: Any, tokenizer: Any, device: torch.device):
     else:
         from transformers import AutoModelForSequenceClassification
 
-        from tokengym.envs.loading import load_tokenizer, resolve_model_name
+        from tokengym.lm.loading import load_tokenizer, resolve_model_name
 
         path = resolve_model_name(base_model)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)
