@@ -64,9 +64,12 @@ def test_env_invariants(case):
         for b, a in enumerate(row_actions):
             acted = alive[b]
             length[b] += acted
-            term = acted and a in stop
-            trunc = acted and not term and length[b] == T
-            assert bool(terminated[b]) == term and bool(truncated[b]) == trunc
+            stopped = acted and a in stop
+            hit_limit = acted and not stopped and length[b] == T
+            # T is the MDP's horizon: reaching it terminates (docs of TokenVectorEnv, Episode End)
+            assert bool(terminated[b]) == (stopped or hit_limit) and not bool(truncated[b])
+            assert bool(info["hit_max_new_tokens"][b]) == hit_limit
+            term, trunc = stopped, hit_limit
             assert float(reward[b]) == (1.0 if acted else 0.0)  # zero reward after the end
             assert int(obs["attention_mask"][b, P + t]) == acted
             if acted:
