@@ -7,7 +7,9 @@ import abc
 import json
 import math
 import os
+import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -19,7 +21,7 @@ from tokengym.agents.policy import Policy
 from tokengym.envs.token_env import TokenVectorEnv
 from tokengym.lm.reference import Reference
 
-__all__ = ["AgentConfig", "Agent", "Rollout", "check_range"]
+__all__ = ["AgentConfig", "Agent", "NonFiniteUpdateError", "Rollout", "check_range"]
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "agent_config.json"
@@ -54,6 +56,9 @@ class AgentConfig:
     check_done_every: int = 1
     """Read 'all rows done' on the host every this many steps to stop a rollout early (1 on CPU
     costs nothing; raise it on CUDA to avoid per-token synchronisation)."""
+    max_skipped_updates: int = 3
+    """Stop with a diagnostic after this many consecutive iterations whose update was skipped
+    for a non-finite reward, loss or gradient (≥ 1)."""
 
     def __post_init__(self):
         check_range("lr", self.lr, 0, math.inf, low_open=True, high_open=True)
@@ -61,6 +66,7 @@ class AgentConfig:
         check_range("max_grad_norm", self.max_grad_norm, 0, math.inf, low_open=True, high_open=True)
         check_range("group_size", self.group_size, 1, math.inf, integer=True, high_open=True)
         check_range("check_done_every", self.check_done_every, 1, math.inf, integer=True, high_open=True)
+        check_range("max_skipped_updates", self.max_skipped_updates, 1, math.inf, integer=True, high_open=True)
 
 
 @dataclass
@@ -93,6 +99,10 @@ class Rollout:
         return self.rewards.sum(-1)
 
 
+class NonFiniteUpdateError(RuntimeError):
+    """Too many consecutive updates were skipped for non-finite rewards, losses or gradients."""
+
+
 class Agent(abc.ABC):
     """A policy-gradient agent that drives a :class:`TokenVectorEnv` through ``reset``/``step``.
 
@@ -109,7 +119,7 @@ class Agent(abc.ABC):
         config = config if config is not None else self.config_class()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        env = getattr(env, "unwrapped", env)
+        env, self.statistics_wrappers = _driveable(env)
         if not isinstance(env, TokenVectorEnv):
             raise TypeError(
                 f"agents drive the batched env from gymnasium.make_vec('tokengym/...'), got {type(env).__name__}"
@@ -137,6 +147,8 @@ class Agent(abc.ABC):
         self.iteration = 0
         self.episodes = 0
         self.skipped_updates = 0
+        self.consecutive_skipped = 0  # iterations in a row whose update was skipped
+        self._skipped_now: list[str] = []  # what was non-finite in this iteration's update
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ rollout
@@ -186,19 +198,32 @@ class Agent(abc.ABC):
         """One policy update from ``rollout``; returns diagnostics. Each agent implements it."""
 
     def optimizer_step(self, loss: torch.Tensor) -> bool:
-        """Backward, clip, step; a non-finite loss or gradient never reaches the weights."""
+        """Backward, clip, step; a non-finite loss or gradient never reaches the weights: the step
+        is skipped with a warning naming the iteration and the quantity."""
         self.optimizer.zero_grad(set_to_none=True)
+        if not loss.requires_grad:
+            raise RuntimeError(
+                "the loss depends on no trainable parameter (requires_grad is False on every policy "
+                "parameter?): this update would change nothing"
+            )
         if not torch.isfinite(loss):
-            self.skipped_updates += 1
+            self._skip(f"loss = {float(loss.detach())}")
             return False
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_updates += 1
+            self._skip(f"gradient norm = {float(grad_norm)}")
             return False
         self.optimizer.step()
         return True
+
+    def _skip(self, quantity: str) -> None:
+        self.skipped_updates += 1
+        self._skipped_now.append(quantity)
+        warnings.warn(
+            f"iteration {self.iteration + 1}: non-finite {quantity}; update skipped", RuntimeWarning, stacklevel=3
+        )
 
     # ------------------------------------------------------------------ loop
     def learn(
@@ -230,11 +255,27 @@ class Agent(abc.ABC):
         start = time.perf_counter()
         rollout = self.collect()
         rollout_seconds = time.perf_counter() - start
+        self._record_statistics(rollout, rollout_seconds)
         update_beta = getattr(self.env.reward, "update_beta", None)  # an adaptive KL-shaped reward
         beta = {"beta": update_beta()} if callable(update_beta) else {}
-        self.policy.train()
-        diagnostics = self.update(rollout)
-        self.policy.eval()
+        self._skipped_now = []
+        bad_rewards = ~torch.isfinite(rollout.rewards).all(-1)  # (B,) one host read per iteration
+        if bool(bad_rewards.any()):
+            rows = bad_rewards.nonzero().flatten().tolist()
+            self._skip(f"reward in rows {rows[:8]}{' …' if len(rows) > 8 else ''}")
+            diagnostics = {}
+        else:
+            self.policy.train()
+            diagnostics = self.update(rollout)
+            self.policy.eval()
+        self.consecutive_skipped = self.consecutive_skipped + 1 if self._skipped_now else 0
+        if self.consecutive_skipped >= self.config.max_skipped_updates:
+            raise NonFiniteUpdateError(
+                f"{self.consecutive_skipped} consecutive updates skipped (max_skipped_updates="
+                f"{self.config.max_skipped_updates}); at iteration {self.iteration + 1}: non-finite "
+                f"{'; '.join(self._skipped_now)}. The weights are unchanged since the last finite update; "
+                "check the reward, lower lr or max_grad_norm"
+            )
         seconds = time.perf_counter() - start
         tokens = int(rollout.mask.sum())
         sequence_kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.mask).sum(-1)  # (B,) k1 per sequence
@@ -256,6 +297,18 @@ class Agent(abc.ABC):
         self.history.append(stats)
         return stats
 
+    def _record_statistics(self, rollout: Rollout, seconds: float) -> None:
+        """Feed the episodes to the env's ``RecordEpisodeStatistics`` wrappers, as their ``step`` would."""
+        if not self.statistics_wrappers:
+            return
+        returns = rollout.scores.double().cpu().numpy()  # (B,)
+        lengths = rollout.mask.sum(-1).cpu().numpy()  # (B,)
+        for wrapper in self.statistics_wrappers:
+            wrapper.episode_count += len(returns)
+            wrapper.return_queue.extend(returns.tolist())
+            wrapper.length_queue.extend(lengths.tolist())
+            wrapper.time_queue.extend([round(seconds, 6)] * len(returns))
+
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, keep: tuple[str, ...] = ()) -> Path:
         """Write ``policy/`` and ``reference/`` (``save_pretrained``: transformers alone loads
@@ -273,17 +326,54 @@ class Agent(abc.ABC):
         return atomic_write_dir(directory, write, keep=keep)
 
     def _trainer_state(self) -> dict:
-        return {
+        """Everything but the weights that the next iteration depends on: optimizer, every RNG
+        (the sampler's generator, torch's, Python's, NumPy's and the env's), the adaptive-β state
+        of a KL-shaped reward, progress, metrics so far, and which parameters train."""
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "python_rng": list(random.getstate()[1]),
+            "numpy_rng": _numpy_global_state(),
             "env_rng": self.env.np_random.bit_generator.state,
+            "reward_state": _reward_state(self.env.reward),
             "iteration": self.iteration,
             "episodes": self.episodes,
             "skipped_updates": self.skipped_updates,
+            "consecutive_skipped": self.consecutive_skipped,
             "history": self.history,
+            "trainable": [name for name, p in self.policy.named_parameters() if p.requires_grad],
             "extra": self.extra_state(),
         }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _restore_trainer_state(self, state: dict) -> None:
+        """Inverse of :meth:`_trainer_state` (the weights are restored separately)."""
+        trainable = set(state["trainable"])
+        names = {name for name, _ in self.policy.named_parameters()}
+        if not trainable <= names:
+            raise ValueError(f"the checkpoint trains parameters this policy lacks: {sorted(trainable - names)[:5]}")
+        if not trainable:
+            raise ValueError("the checkpoint records no trainable parameter: a resumed update would change nothing")
+        for name, p in self.policy.named_parameters():
+            p.requires_grad_(name in trainable)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        random.setstate((3, tuple(state["python_rng"]), None))
+        kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        self.env.np_random = np.random.Generator(np.random.PCG64())
+        self.env.np_random.bit_generator.state = state["env_rng"]
+        _restore_reward_state(self.env.reward, state["reward_state"])
+        self.iteration, self.episodes = state["iteration"], state["episodes"]
+        self.skipped_updates, self.history = state["skipped_updates"], state["history"]
+        self.consecutive_skipped = state.get("consecutive_skipped", 0)
+        self.load_extra_state(state["extra"])
 
     def extra_state(self) -> dict:
         """Agent-specific state to checkpoint (for example a moving-average baseline)."""
@@ -306,13 +396,69 @@ class Agent(abc.ABC):
         env.set_reference(Reference.load(directory / "reference", temperature=env.sampling.temperature, device=env.device))
         agent = cls(env, config, policy=policy)
         state = torch.load(directory / TRAINER_STATE_FILE, map_location=env.device, weights_only=True)
-        agent.optimizer.load_state_dict(state["optimizer"])
-        agent.generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        env.np_random = np.random.Generator(np.random.PCG64())
-        env.np_random.bit_generator.state = state["env_rng"]
-        agent.iteration, agent.episodes = state["iteration"], state["episodes"]
-        agent.skipped_updates, agent.history = state["skipped_updates"], state["history"]
-        agent.load_extra_state(state["extra"])
+        agent._restore_trainer_state(state)
         return agent
+
+
+def _driveable(env) -> tuple[Any, list]:
+    """The :class:`TokenVectorEnv` under ``env``, and the ``RecordEpisodeStatistics`` wrappers on it.
+
+    The agent drives the env's own ``reset``/``step`` (one KV cache per batch, log-probs passed to
+    ``step``), so a wrapper's ``step`` would be bypassed: only statistics wrappers, which the agent
+    feeds itself, are accepted; any other wrapper, and SAME_STEP autoreset, raise with the reason."""
+    from gymnasium.vector import AutoresetMode, VectorWrapper
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+    statistics, layer = [], env
+    while isinstance(layer, VectorWrapper):
+        if not isinstance(layer, RecordEpisodeStatistics):
+            raise TypeError(
+                f"agents cannot drive an env wrapped in {type(layer).__name__}: they call the TokenVectorEnv's "
+                "reset/step themselves (one KV cache per batch, log-probs passed to step), so the wrapper would "
+                "be silently bypassed. Only RecordEpisodeStatistics is supported; pass env.unwrapped, or put the "
+                "transformation in the env's reward"
+            )
+        statistics.append(layer)
+        layer = layer.env
+    if getattr(layer, "metadata", {}).get("autoreset_mode") == AutoresetMode.SAME_STEP:
+        raise ValueError(
+            "agents need autoreset_mode='disabled': with 'same-step' a finished row restarts inside step() "
+            "while the agent keeps one KV cache for the batch, so two episodes would be mixed in one row"
+        )
+    return layer, statistics
+
+
+def _numpy_global_state() -> list:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _kl_controllers(reward, seen=None) -> list:
+    """Every adaptive-β controller inside ``reward`` (KL-shaped rewards nest inside sums)."""
+    seen = set() if seen is None else seen
+    if reward is None or id(reward) in seen:
+        return []
+    seen.add(id(reward))
+    found = []
+    controller = getattr(reward, "controller", None)
+    if controller is not None and hasattr(controller, "value"):
+        found.append(controller)
+    children = [getattr(reward, "inner", None)]
+    if isinstance(getattr(reward, "rewards", None), dict):  # WeightedSum: {name: (weight, reward)}
+        children += [child for _, child in reward.rewards.values()]
+    for child in children:
+        found += _kl_controllers(child, seen)
+    return found
+
+
+def _reward_state(reward) -> list[float]:
+    return [float(c.value) for c in _kl_controllers(reward)]
+
+
+def _restore_reward_state(reward, values: list[float]) -> None:
+    controllers = _kl_controllers(reward)
+    if len(controllers) != len(values):
+        raise ValueError(f"the checkpoint has {len(values)} adaptive-β states, the env's reward {len(controllers)}")
+    for controller, value in zip(controllers, values):
+        controller.value = value
 

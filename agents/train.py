@@ -1,132 +1,493 @@
-"""``tokengym train``: train one agent on one env, with a progress bar, metrics and a learning curve."""
+"""``tokengym train``: train one agent on one env, with metrics, a learning curve, periodic
+checkpoints and bit-identical resume.
+
+The command runs in three phases, so that a bad flag never costs a model load or leaves files:
+
+1. :func:`resolve_settings`: the flags given (or, with ``--resume DIR``, ``DIR/run.json``) become
+   one dict of settings; a flag that conflicts with a resumed run is an error.
+2. :func:`validate`: every setting is checked without loading a model; each problem is a
+   :class:`~tokengym.lm.errors.UsageError` naming the flag, the value and what was expected.
+   To add a flag: add it to ``DEFAULTS`` and ``add_cli``, and check it in ``validate``.
+3. :func:`run`: build the env and agent, then (only then) write ``run.json``, ``metrics.jsonl``
+   and the checkpoints (``tokengym.agents.checkpoint``), and at the end ``policy/``,
+   ``reference/`` and ``curve.png``.
+"""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
-from dataclasses import fields
+import os
+import sys
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-__all__ = ["add_cli", "train", "plot_curve"]
+from tokengym.lm.errors import UsageError, bad_value
+from tokengym.lm.io import atomic_write_file
+
+__all__ = ["DEFAULTS", "add_cli", "train", "plot_curve", "resolve_settings", "validate", "run"]
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+AGENT_NAMES = ("reinforce", "a2c", "ppo", "grpo")
+KL_REWARDS = ("kl-shaped", "fine-grained+kl")
+FINE_GRAINED_REWARDS = ("fine-grained", "fine-grained+kl")
+TIMING_FIELDS = ("tokens_per_s", "rollout_tokens_per_s")
+"""Metrics that measure the machine, not the run (excluded when runs are compared)."""
+
+DEFAULTS: dict[str, Any] = {
+    "env": "tokengym/Sentiment-v0",
+    "agent": "ppo",
+    "reward": None,
+    "beta": None,
+    "kl_estimator": None,
+    "segmenter": None,
+    "episodes": 512,
+    "batch_size": 16,
+    "group_size": None,
+    "lr": None,
+    "max_new_tokens": None,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "kl_alarm": 15.0,
+    "entropy_alarm": 0.3,
+    "seed": 0,
+    "device": "cpu",
+    "set": [],
+    "save_every": None,
+    "keep_checkpoints": 2,
+}
+"""Every recorded setting and its default; ``run.json`` holds all of them, resolved."""
+
+_FLAG = {name: "--" + name.replace("_", "-") for name in DEFAULTS}
 
 
+# ---------------------------------------------------------------------------------------- plot
 def plot_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """Reward (and KL to the reference) against episodes, saved as a PNG."""
+    """Total reward, each reward component (task reward, KL penalty, …) and KL to the reference
+    against episodes, saved as a PNG."""
     from tokengym.lm.plotting import pyplot, save_figure
 
     plt = pyplot()
 
     episodes = [h["episodes"] for h in history]
+    components = sorted({k for h in history for k in h if k.startswith("reward/")})
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(episodes, [h["reward"] for h in history], color="tab:blue", label="mean episode reward")
+    ax.plot(episodes, [h["reward"] for h in history], color="black", lw=2, label="total reward")
+    for name in components:
+        ax.plot(episodes, [h.get(name, math.nan) for h in history], lw=1, label=name)
     ax.set_xlabel("episodes")
-    ax.set_ylabel("mean episode reward", color="tab:blue")
+    ax.set_ylabel("mean episode reward")
     twin = ax.twinx()
-    twin.plot(episodes, [h["kl_ref"] for h in history], color="tab:red", alpha=0.6, label="KL to reference")
+    twin.plot(episodes, [h["kl_ref"] for h in history], color="tab:red", ls="--", alpha=0.6, label="KL to reference")
     twin.set_ylabel("KL(π_θ‖π_ref) per sequence", color="tab:red")
+    lines, labels = ax.get_legend_handles_labels()
+    twin_lines, twin_labels = twin.get_legend_handles_labels()
+    ax.legend(lines + twin_lines, labels + twin_labels, fontsize=7, loc="best")
     ax.set_title(title)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
 
 
-def train(
-    env_id: str,
-    agent: str,
-    *,
-    episodes: int,
-    out: str | Path,
-    reward: str | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
-    device: str = "cpu",
-    beta: float | None = None,
-    max_new_tokens: int | None = None,
-    progress: bool = True,
-    **agent_kwargs,
-) -> list[dict]:
-    """Train ``agent`` on ``env_id`` for ``episodes`` episodes; write metrics, curve and models to ``out``.
+# ------------------------------------------------------------------------------- 1. resolve
+def resolve_settings(given: dict[str, Any], resume: str | None, out: str | None) -> tuple[dict, Path, bool]:
+    """``(settings, run directory, resuming)`` from the flags given explicitly."""
+    if resume is None:
+        return {**DEFAULTS, **given}, Path(out if out is not None else "runs/train"), False
+    run_dir = Path(resume)
+    if not run_dir.is_dir():
+        raise bad_value("--resume", resume, "a run directory written by tokengym train (no such directory)")
+    try:
+        recorded = json.loads((run_dir / RUN_FILE).read_text())
+    except FileNotFoundError:
+        raise bad_value("--resume", resume, f"a run directory written by tokengym train (it has no {RUN_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise bad_value("--resume", resume, f"a readable {RUN_FILE} ({exc})") from None
+    if not isinstance(recorded, dict) or recorded.get("tokengym_run") != 1 or not isinstance(recorded.get("settings"), dict):
+        raise bad_value("--resume", resume, f"a tokengym run; its {RUN_FILE} is not one (foreign file)")
+    settings = {**DEFAULTS, **recorded["settings"]}
+    if out is not None and Path(out).resolve() != run_dir.resolve():
+        raise bad_value("--out", out, f"no --out with --resume (the run continues in {resume})")
+    for name, value in given.items():
+        if _normal(value) != _normal(settings.get(name)):
+            raise bad_value(
+                _FLAG[name], _show(value),
+                f"nothing, or the recorded {_show(settings.get(name))}: --resume continues the run in {resume} with its own settings",
+            )
+    return settings, run_dir, True
 
-    ``beta`` is the KL coefficient: it goes to a KL-shaped reward and to GRPO's KL term.
-    """
+
+def _normal(value):
+    return json.loads(json.dumps(value))
+
+
+def _show(value) -> str:
+    return " ".join(value) if isinstance(value, list) else str(value)
+
+
+# ------------------------------------------------------------------------------ 2. validate
+@dataclass
+class Plan:
+    """What :func:`validate` derived from the settings: enough to build everything."""
+
+    agent_class: type
+    config: Any
+    env_kwargs: dict
+
+
+def _check_number(flag, value, *, low, integer=False, low_open=False, allow_none=True):
+    if value is None and allow_none:
+        return
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > low if low_open else value >= low)
+    if not ok:
+        raise bad_value(flag, value, f"{kind} {'>' if low_open else '≥'} {low}")
+
+
+def _check_env(env_id: str):
+    import gymnasium as gym
+
+    import tokengym.envs  # noqa: F401  (registers the envs)
+    from tokengym.envs import registered_envs
+
+    envs = registered_envs()
+    if env_id in envs:
+        return envs[env_id]
+    if f"tokengym/{env_id}" in envs:
+        raise bad_value("--env", env_id, f"a registered env id; did you mean tokengym/{env_id}?")
+    if env_id in gym.registry:
+        raise bad_value("--env", env_id, "a tokengym/ env (tokengym train drives token-level envs only; see 'tokengym envs')")
+    raise bad_value("--env", env_id, f"one of {', '.join(sorted(envs))} (see 'tokengym envs')")
+
+
+def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str] = frozenset()) -> Plan:
+    """Check every setting without loading a model; raise :class:`UsageError` on the first problem.
+
+    ``given``: the flags the user typed (a flag with no effect is an error only then)."""
+    s = settings
+    unknown = set(s) - set(DEFAULTS)
+    if unknown:
+        raise bad_value("--resume", str(run_dir), f"a {RUN_FILE} with known settings, got {sorted(unknown)}")
+    task = _check_env(s["env"])
+    if task.name == "custom":
+        raise bad_value(
+            "--env", s["env"],
+            "an env with a built-in task: tokengym/Custom-v0 needs the env arguments model=, prompts= and "
+            "reward= (gymnasium.make_vec('tokengym/Custom-v0', model=..., prompts=..., reward=...)), "
+            "which the command line cannot pass",
+        )
+    if s["agent"] not in AGENT_NAMES:
+        raise bad_value("--agent", s["agent"], f"one of {', '.join(AGENT_NAMES)}")
+    from tokengym.agents import AGENTS
+    from tokengym.rewards import ESTIMATORS, REWARD_NAMES
+
+    agent_class = AGENTS[s["agent"]]
+    if s["reward"] is not None and s["reward"] not in REWARD_NAMES:
+        raise bad_value("--reward", s["reward"], f"one of {', '.join(REWARD_NAMES)}")
+    reward = s["reward"] if s["reward"] is not None else task.reward
+    kl_reward, grpo = reward in KL_REWARDS, s["agent"] == "grpo"
+
+    for name in ("episodes", "batch_size"):
+        _check_number(_FLAG[name], s[name], low=1, integer=True, allow_none=False)
+    _check_number("--seed", s["seed"], low=0, integer=True, allow_none=False)
+    _check_number("--max-new-tokens", s["max_new_tokens"], low=1, integer=True)
+    _check_number("--temperature", s["temperature"], low=0, low_open=True, allow_none=False)
+    _check_number("--top-k", s["top_k"], low=0, integer=True, allow_none=False)
+    _check_number("--top-p", s["top_p"], low=0, low_open=True, allow_none=False)
+    if s["top_p"] > 1:
+        raise bad_value("--top-p", s["top_p"], "a number in (0, 1] (1 disables it)")
+    _check_number("--kl-alarm", s["kl_alarm"], low=0, low_open=True)
+    _check_number("--entropy-alarm", s["entropy_alarm"], low=0, low_open=True)
+    _check_number("--lr", s["lr"], low=0, low_open=True)
+    _check_number("--beta", s["beta"], low=0)
+    _check_number("--save-every", s["save_every"], low=1, integer=True)
+    _check_number("--keep-checkpoints", s["keep_checkpoints"], low=1, integer=True, allow_none=False)
+    if "keep_checkpoints" in given and s["save_every"] is None:
+        raise bad_value("--keep-checkpoints", s["keep_checkpoints"], "--save-every too (without it no checkpoint is written)")
+
+    if s["beta"] is not None and not (kl_reward or grpo):
+        raise bad_value(
+            "--beta", s["beta"],
+            f"a KL-shaped reward (--reward {' or '.join(KL_REWARDS)}) or --agent grpo; with reward {reward!r} "
+            f"and --agent {s['agent']} it would have no effect",
+        )
+    if s["kl_estimator"] is not None:
+        if s["kl_estimator"] not in ESTIMATORS:
+            raise bad_value("--kl-estimator", s["kl_estimator"], f"one of {', '.join(ESTIMATORS)}")
+        if not (kl_reward or grpo):
+            raise bad_value(
+                "--kl-estimator", s["kl_estimator"],
+                f"a KL-shaped reward or --agent grpo; with reward {reward!r} and --agent {s['agent']} it would have no effect",
+            )
+    reward_kwargs: dict[str, Any] = {}
+    if s["segmenter"] is not None:
+        from tokengym.rewards import get_segmenter
+
+        try:
+            get_segmenter(s["segmenter"])
+        except ValueError:
+            from tokengym.rewards.segmenters import SEGMENTER_NAMES
+
+            raise bad_value("--segmenter", s["segmenter"], f"one of {', '.join(SEGMENTER_NAMES)}") from None
+        if reward not in FINE_GRAINED_REWARDS:
+            raise bad_value(
+                "--segmenter", s["segmenter"],
+                f"a fine-grained reward (--reward {' or '.join(FINE_GRAINED_REWARDS)}); with reward {reward!r} it would have no effect",
+            )
+        reward_kwargs["segmenter"] = s["segmenter"]
+    if kl_reward and s["beta"] is not None:
+        reward_kwargs["beta"] = s["beta"]
+    if kl_reward and s["kl_estimator"] is not None:
+        from tokengym.lm.kl import REWARD_ESTIMATORS
+
+        if s["kl_estimator"] in REWARD_ESTIMATORS:
+            reward_kwargs["estimator"] = s["kl_estimator"]
+        elif not grpo:  # the reward's per-token penalty must be unbiased per token (docs/kl.md)
+            raise bad_value("--kl-estimator", s["kl_estimator"], f"{' or '.join(REWARD_ESTIMATORS)} for a KL-shaped reward")
+
+    # Agent config: named flags, then --set FIELD=VALUE, then the dataclass's own checks.
+    config_fields = {f.name for f in fields(agent_class.config_class)}
+    flagged = {"lr": "--lr", "group_size": "--group-size", "seed": "--seed", "beta": "--beta", "kl_estimator": "--kl-estimator"}
+    kwargs: dict[str, Any] = {"seed": s["seed"]}
+    if s["lr"] is not None:
+        kwargs["lr"] = s["lr"]
+    if grpo and s["beta"] is not None:
+        kwargs["beta"] = s["beta"]
+    if grpo and s["kl_estimator"] is not None:
+        kwargs["kl_estimator"] = s["kl_estimator"]
+    for item in s["set"]:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise bad_value("--set", item, "FIELD=VALUE")
+        if key in flagged:
+            raise bad_value("--set", item, f"{flagged[key]} instead of --set {key}=")
+        if key not in config_fields:
+            raise bad_value("--set", item, f"a field of {agent_class.config_class.__name__}: {', '.join(sorted(config_fields - set(flagged)))}")
+        kwargs[key] = _parse_value(text)
+    if s["group_size"] is not None:
+        _check_number("--group-size", s["group_size"], low=1, integer=True)
+        if grpo and s["group_size"] < 2:
+            raise bad_value("--group-size", s["group_size"], "an integer ≥ 2 for --agent grpo (groups are compared within)")
+        uses_groups = grpo or (s["agent"] == "reinforce" and kwargs.get("baseline") == "leave-one-out")
+        if not uses_groups:
+            raise bad_value(
+                "--group-size", s["group_size"],
+                "--agent grpo, or --agent reinforce --set baseline=leave-one-out; "
+                f"--agent {s['agent']} does not use groups, so it would have no effect",
+            )
+        kwargs["group_size"] = s["group_size"]
+    try:
+        config = agent_class.config_class(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{' '.join('--set ' + i for i in s['set']) or '--agent ' + s['agent']}: {exc}") from None
+    if s["batch_size"] % config.group_size:
+        raise bad_value("--batch-size", s["batch_size"], f"a multiple of the group size {config.group_size}")
+    n_minibatches = getattr(config, "n_minibatches", 1)
+    if n_minibatches > s["batch_size"]:
+        raise bad_value("--batch-size", s["batch_size"], f"at least n_minibatches={n_minibatches} episodes for --agent {s['agent']}")
+
+    import torch
+
+    try:
+        device = torch.device(s["device"])
+    except (RuntimeError, ValueError):
+        raise bad_value("--device", s["device"], "a torch device such as cpu, cuda or cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise bad_value("--device", s["device"], "an available device (torch sees no CUDA device here)")
+
+    if not resuming:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise bad_value("--out", str(run_dir), "a directory (a file is in the way)")
+        if (run_dir / RUN_FILE).exists() or (run_dir / METRICS_FILE).exists():
+            raise bad_value("--out", str(run_dir), f"a new directory; it holds a run: continue it with --resume {run_dir}, or choose another --out")
+
+    env_kwargs: dict[str, Any] = {"device": s["device"]}
+    if s["reward"] is not None:
+        env_kwargs["reward"] = s["reward"]
+    if s["max_new_tokens"] is not None:
+        env_kwargs["max_new_tokens"] = s["max_new_tokens"]
+    for name in ("temperature", "top_k", "top_p"):  # the env owns the sampling: agents, π_ref and the KL read it
+        if s[name] != DEFAULTS[name]:
+            env_kwargs[name] = s[name]
+    if reward_kwargs:
+        env_kwargs["reward_kwargs"] = reward_kwargs
+    return Plan(agent_class, config, env_kwargs)
+
+
+def _parse_value(text: str):
+    """JSON for numbers, booleans, null, lists and dicts; anything else is a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# ----------------------------------------------------------------------------------- 3. run
+def _run_id(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    atomic_write_file(path, json.dumps(data, indent=2) + "\n")
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    """Rewrite ``metrics.jsonl`` to exactly ``history`` (atomically)."""
+    atomic_write_file(path, "".join(json.dumps(stats) + "\n" for stats in history))
+
+
+def _say(message: str) -> None:
+    print(f"tokengym train: {message}", file=sys.stderr, flush=True)
+
+
+def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: bool = True) -> list[dict]:
+    """Build the env and the agent, train (resuming from the newest valid checkpoint), write outputs."""
     import gymnasium as gym
     from tqdm.auto import tqdm
 
     import tokengym.envs  # noqa: F401  (registers the envs)
-    from tokengym.agents import AGENTS
+    from tokengym.agents import checkpoint
+    from tokengym.agents.alarm import OveroptimizationAlarm
 
-    if agent not in AGENTS:
-        raise ValueError(f"unknown agent {agent!r}; expected one of {sorted(AGENTS)}")
-    agent_class = AGENTS[agent]
-    env_kwargs: dict = {"device": device}
-    if reward is not None:
-        env_kwargs["reward"] = reward
-    if max_new_tokens is not None:
-        env_kwargs["max_new_tokens"] = max_new_tokens
-    if beta is not None and reward is not None and "kl" in reward:
-        env_kwargs["reward_kwargs"] = {"beta": beta}
-    config_fields = {f.name for f in fields(agent_class.config_class)}
-    if beta is not None and "beta" in config_fields:
-        agent_kwargs["beta"] = beta
-    unknown = set(agent_kwargs) - config_fields
-    if unknown:
-        raise ValueError(f"{agent} has no option(s) {sorted(unknown)}; options: {sorted(config_fields)}")
-    config = agent_class.config_class(seed=seed, **agent_kwargs)
-    envs = gym.make_vec(env_id, num_envs=batch_size, **env_kwargs)
-    learner = agent_class(envs, config)
+    s = settings
+    run_id = _run_id(s)
+    path = None
+    if resuming:  # choose the checkpoint before loading anything
+        path, skipped = checkpoint.newest_valid(run_dir, run_id, plan.agent_class.__name__)
+        if path is None and skipped:
+            reasons = "; ".join(f"{p.name}: {reason}" for p, reason in skipped)
+            raise bad_value("--resume", str(run_dir), f"a valid checkpoint; none of the {len(skipped)} in "
+                            f"{run_dir / checkpoint.CHECKPOINTS} is ({reasons})")
+        for p, reason in skipped:
+            _say(f"skipping checkpoint {p}: {reason}")
+    try:
+        envs = gym.make_vec(s["env"], num_envs=s["batch_size"], **plan.env_kwargs)
+        learner = plan.agent_class(envs, plan.config)
+    except (ValueError, TypeError) as exc:  # a setting the env or agent refuses (e.g. T beyond the context)
+        raise UsageError(f"--env {s['env']}: {exc}") from None
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    bar = tqdm(total=episodes, unit="ep", disable=not progress, dynamic_ncols=True, desc=f"{agent} {env_id}")
+    metrics_path = run_dir / METRICS_FILE
+    if resuming:
+        checkpoint.remove_partial(run_dir)
+        if path is None:
+            _say(f"{run_dir} has no checkpoint yet: restarting the run from iteration 0")
+        else:
+            checkpoint.restore(learner, path)
+            _say(f"resuming from {path} (iteration {learner.iteration}, {learner.episodes} episodes)")
+        _write_metrics(metrics_path, learner.history)  # drop iterations after the checkpoint
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(run_dir / RUN_FILE, {"tokengym_run": 1, "run_id": run_id, "settings": s})
+        _write_metrics(metrics_path, [])
 
-    def log(stats: dict) -> None:
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(stats) + "\n")
-        bar.update(batch_size)
-        bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl_ref']:.2f}", tok_s=f"{stats['tokens_per_s']:.0f}")
-
-    history = learner.learn(episodes, callback=log)
-    bar.close()
-    plot_curve(history, out / "curve.png", title=f"{agent} on {env_id} ({reward or 'default reward'})")
-    learner.save(out, keep=("metrics.jsonl", "curve.png"))  # policy/, reference/, resumable state
+    alarm = OveroptimizationAlarm(max_kl=s["kl_alarm"], min_entropy=s["entropy_alarm"])
+    total = s["episodes"]
+    bar = tqdm(total=total, initial=min(learner.episodes, total), unit="ep", disable=not progress,
+               dynamic_ncols=True, desc=f"{s['agent']} {s['env']}")
+    with metrics_path.open("a") as metrics, bar:  # the bar closes (and leaves its line) on errors too
+        while learner.episodes < total:
+            stats = learner.train_iteration()
+            metrics.write(json.dumps(stats) + "\n")
+            metrics.flush()
+            bar.update(s["batch_size"])
+            bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl_ref']:.2f}")
+            with warnings.catch_warnings():  # the alarm speaks once per quantity, as one line
+                warnings.simplefilter("ignore")
+                for message in alarm(stats):
+                    bar.write(f"tokengym train: warning: {message}", file=sys.stderr)
+            done = learner.episodes >= total
+            if s["save_every"] is not None and (learner.iteration % s["save_every"] == 0 or done):
+                os.fsync(metrics.fileno())
+                checkpoint.write_checkpoint(learner, run_dir, run_id, s["keep_checkpoints"])
+    history = learner.history
+    plot_curve(history, run_dir / "curve.png", title=f"{s['agent']} on {s['env']} ({s['reward'] or 'default reward'})")
+    _save_final(learner, run_dir)
     return history
 
 
+def _save_final(learner, run_dir: Path) -> None:
+    """``policy/``, ``reference/`` and the agent's resumable state, each renamed into ``run_dir``."""
+    import shutil
+
+    staging = learner.save(run_dir / ".final.tmp")
+    for child in staging.iterdir():
+        target = run_dir / child.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(child, target)
+    staging.rmdir()
+
+
+def train(env_id: str, agent: str, *, episodes: int, out: str | Path, progress: bool = True, **settings) -> list[dict]:
+    """Python entry point of ``tokengym train`` (same settings as the flags, by their names)."""
+    given = {"env": env_id, "agent": agent, "episodes": episodes, **settings}
+    s, run_dir, resuming = resolve_settings(given, None, str(out))
+    plan = validate(s, run_dir, resuming, frozenset(given))
+    return run(s, plan, run_dir, resuming, progress=progress)
+
+
 def _summary(history: list[dict], n: int = 3) -> str:
-    first = sum(h["reward"] for h in history[:n]) / min(n, len(history))
-    last = sum(h["reward"] for h in history[-n:]) / min(n, len(history))
-    return f"mean reward: first {min(n, len(history))} iterations {first:.3f} -> last {min(n, len(history))} {last:.3f}"
+    if not history:
+        return "no iterations"
+    k = min(n, len(history))
+    first = sum(h["reward"] for h in history[:k]) / k
+    last = sum(h["reward"] for h in history[-k:]) / k
+    return f"mean reward: first {k} iterations {first:.3f} -> last {k} {last:.3f}"
 
 
-def _run(args: argparse.Namespace) -> int:
-    agent_kwargs = {k: v for k, v in {"lr": args.lr, "group_size": args.group_size}.items() if v is not None}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        agent_kwargs[key] = json.loads(value) if value[:1] in "-0123456789[{tfn" else value
-    history = train(
-        args.env, args.agent, episodes=args.episodes, out=args.out, reward=args.reward,
-        batch_size=args.batch_size, seed=args.seed, device=args.device, beta=args.beta,
-        max_new_tokens=args.max_new_tokens, **agent_kwargs,
-    )
+def _main(args: argparse.Namespace) -> int:
+    given = {name: value for name, value in vars(args).items() if name in DEFAULTS}
+    settings, run_dir, resuming = resolve_settings(given, getattr(args, "resume", None), getattr(args, "out", None))
+    plan = validate(settings, run_dir, resuming, frozenset(given))
+    history = run(settings, plan, run_dir, resuming, progress=not getattr(args, "quiet", False))
     print(_summary(history))
-    print(f"wrote {args.out}/metrics.jsonl, {args.out}/curve.png, {args.out}/policy, {args.out}/reference")
+    print(f"wrote {run_dir}/metrics.jsonl, curve.png, policy/, reference/" + (
+        f", checkpoints/ (resume with --resume {run_dir})" if settings["save_every"] else ""))
     return 0
 
 
 def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train an agent on an env")
-    parser.add_argument("--env", default="tokengym/Sentiment-v0", help="env id (see `tokengym envs`)")
-    parser.add_argument("--agent", default="ppo", choices=["reinforce", "a2c", "ppo", "grpo"])
-    parser.add_argument("--reward", default=None, help="reward name (default: the task's)")
-    parser.add_argument("--episodes", type=int, default=512, help="episodes to train for")
-    parser.add_argument("--batch-size", type=int, default=16, help="episodes per iteration (num_envs)")
-    parser.add_argument("--group-size", type=int, default=None, help="samples per prompt (GRPO, RLOO)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate")
-    parser.add_argument("--beta", type=float, default=None, help="KL coefficient (KL-shaped reward and GRPO)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="episode length T")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other agent config field")
-    parser.add_argument("--out", default="runs/train", help="output directory")
-    parser.set_defaults(func=_run)
+    from tokengym.rewards import ESTIMATORS, REWARD_NAMES
+    from tokengym.rewards.segmenters import SEGMENTER_NAMES
+
+    d = DEFAULTS
+    parser = subparsers.add_parser(
+        "train", help="train an agent on an env",
+        description="Train one agent on one env. Writes OUT/metrics.jsonl (one line per iteration), "
+        "OUT/curve.png, OUT/policy/ and OUT/reference/; with --save-every, checkpoints that "
+        "--resume continues from, bit-identically.",
+        argument_default=argparse.SUPPRESS,  # only the flags typed reach the settings
+    )
+    add = parser.add_argument
+    add("--env", metavar="ID", help=f"env id, see `tokengym envs` (default: {d['env']})")
+    add("--agent", choices=AGENT_NAMES, help="reinforce: Monte-Carlo policy gradient; a2c: actor-critic; "
+        "ppo: clipped PPO with GAE (KL via --reward kl-shaped); grpo: group-relative PPO with a KL term "
+        f"(default: {d['agent']})")
+    add("--reward", metavar="NAME", help=f"reward name: {', '.join(REWARD_NAMES)} (default: the env's task reward)")
+    add("--beta", type=float, metavar="F", help="KL coefficient: of a KL-shaped reward and of GRPO's KL term (default: theirs)")
+    add("--kl-estimator", metavar="K", help=f"KL estimator: {', '.join(ESTIMATORS)} (KL-shaped reward, GRPO; default: theirs)")
+    add("--segmenter", metavar="NAME", help=f"segmenter of a fine-grained reward: {', '.join(SEGMENTER_NAMES)} (default: the task's)")
+    add("--episodes", type=int, metavar="N", help=f"episodes to train for (default: {d['episodes']})")
+    add("--batch-size", type=int, metavar="N", help=f"episodes per iteration (num_envs) (default: {d['batch_size']})")
+    add("--group-size", type=int, metavar="G", help="samples per prompt: GRPO, REINFORCE with the leave-one-out baseline (default: the agent's)")
+    add("--lr", type=float, metavar="F", help="learning rate (default: the agent's)")
+    add("--max-new-tokens", type=int, metavar="T", help="episode length T (default: the env's)")
+    add("--temperature", type=float, metavar="TAU", help=f"sampling temperature; π_ref and the KL are taken at it too (default: {d['temperature']})")
+    add("--top-k", type=int, metavar="K", help=f"sample among the K likeliest tokens, 0: off (default: {d['top_k']})")
+    add("--top-p", type=float, metavar="P", help=f"nucleus sampling mass, 1: off (default: {d['top_p']})")
+    add("--kl-alarm", type=float, metavar="NATS", help=f"warn once when KL to the reference per sequence exceeds this (default: {d['kl_alarm']})")
+    add("--entropy-alarm", type=float, metavar="NATS", help=f"warn once when the per-token entropy falls below this (default: {d['entropy_alarm']})")
+    add("--seed", type=int, metavar="N", help=f"seeds prompts, sampling and initialisation (default: {d['seed']})")
+    add("--device", help=f"torch device (default: {d['device']})")
+    add("--set", action="append", metavar="FIELD=VALUE", help="any other agent config field, e.g. --set n_epochs=2 (repeatable)")
+    add("--out", metavar="DIR", help="output directory, must not hold a run already (default: runs/train)")
+    add("--save-every", type=int, metavar="ITERATIONS", help="checkpoint every this many iterations and at the end (default: never)")
+    add("--keep-checkpoints", type=int, metavar="K", help=f"keep the newest K checkpoints (default: {d['keep_checkpoints']})")
+    add("--resume", metavar="DIR", help="continue the run in DIR from its newest valid checkpoint, with its recorded settings")
+    add("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_main)

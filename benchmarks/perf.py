@@ -458,7 +458,9 @@ def measure_training_memory(model_name: str, quick: bool, device: str, bf16: boo
 
 def measure_kl_shaped(model, sizes: Sizes, device: str) -> dict[str, Any]:
     """A KL-shaped rollout (π_ref stepped through its own cache; π_θ's log-probs passed to
-    ``env.step``, so no third forward) against the same rollout with a reward of 0."""
+    ``env.step``, so no third forward) against the same rollout with a reward of 0; and against
+    the same KL-shaped rollout followed by the teacher-forced π_ref pass that agents made before
+    they took ``info["ref_logprobs"]`` from the env (``rescore_saved``: old ÷ new time)."""
     from tokengym.agents.policy import Policy
     from tokengym.rewards.kl import KLShaped
 
@@ -469,13 +471,22 @@ def measure_kl_shaped(model, sizes: Sizes, device: str) -> dict[str, Any]:
         "kl_shaped": make_env(model, prompts, sizes.new_tokens, device,
                               reward=KLShaped(ZeroReward(), beta=0.05, ref_model=reference)),
     }
+    shaped_env = envs["kl_shaped"]
     policy = Policy(model)
     generator = torch.Generator(device=device).manual_seed(0)
-    seconds = interleaved({name: (lambda e=env: env_rollout(e, policy, generator)) for name, env in envs.items()},
-                          sizes)
+
+    def rescored() -> None:  # the old second pass: π_ref again, teacher-forced over the whole buffer
+        obs, _, _ = env_rollout(shaped_env, policy, generator)
+        shaped_env.reference.score(obs["input_ids"], obs["attention_mask"].bool(), shaped_env.prompt_width)
+        _sync(device)
+
+    sides = {name: (lambda e=env: env_rollout(e, policy, generator)) for name, env in envs.items()}
+    seconds = interleaved({**sides, "kl_shaped_rescored": rescored}, sizes)
     plain, shaped = statistics.median(seconds["plain"]), statistics.median(seconds["kl_shaped"])
     return {"batch": sizes.kl_batch, "plain_seconds": seconds["plain"], "kl_shaped_seconds": seconds["kl_shaped"],
-            "ratio": paired_ratio(seconds["kl_shaped"], seconds["plain"]), "ratio_of_medians": shaped / plain}
+            "rescored_seconds": seconds["kl_shaped_rescored"],
+            "ratio": paired_ratio(seconds["kl_shaped"], seconds["plain"]), "ratio_of_medians": shaped / plain,
+            "rescore_saved": paired_ratio(seconds["kl_shaped_rescored"], seconds["kl_shaped"])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -661,6 +672,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "cost_growth_goal_met": growth <= GOALS["cost_growth"],
         "kl_shaped_ratio": kl,
         "kl_shaped_goal_met": max(kl.values()) <= GOALS["kl_shaped_ratio"],
+        "rescore_saved": {m: c["rescore_saved"] for m, c in results["kl_shaped"].items()},
         "ppo_update_tokens_per_s": results["update"]["ppo"]["tokens_per_s"],
         "grpo_update_tokens_per_s": results["update"]["grpo"]["tokens_per_s"],
         "peak_rss_bytes": results["memory"]["training"]["peak_rss_bytes"],

@@ -109,7 +109,7 @@ class FineGrained:
                         segments.append(text[start:end])
                         self._starts[k][b] = end
                 if segments:
-                    scores = score_texts(self.scorers[k], contexts, segments)
+                    scores = score_texts(self.scorers[k], contexts, segments, rows=owners)
                     for b, score in zip(owners, scores):
                         rewards[k][b] += self.weights[k] * score
         if rows:

@@ -40,6 +40,6 @@ class Holistic:
         if rows:
             completions = step.decode_responses(rows)
             prompts = [step.prompt_texts[r] for r in rows]
-            scores = score_texts(self.scorer, prompts, completions)
+            scores = score_texts(self.scorer, prompts, completions, rows=rows)
             rewards[rows] = torch.tensor(scores, dtype=torch.float32, device=rewards.device)
         return {self.name: rewards}

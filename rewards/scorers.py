@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
+from tokengym.lm.errors import ScorerError
 from tokengym.rewards.base import check_scores
 
 __all__ = [
@@ -77,12 +78,40 @@ def is_token_scorer(scorer: Any) -> bool:
     return getattr(scorer, "kind", "text") == "token"
 
 
-def score_texts(scorer: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-    """Call a text scorer with ``prompts=``/``completions=`` and validate what it returns."""
+def score_texts(
+    scorer: Any, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[int] | None = None
+) -> list[float]:
+    """Call a text scorer with ``prompts=``/``completions=`` and validate what it returns.
+
+    If the scorer raises, a :class:`~tokengym.lm.errors.ScorerError` names it and the first row
+    (``rows[i]``, the env's row numbers, when given) on which it raises alone."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-    scores = scorer(prompts=list(prompts), completions=list(completions))
+    try:
+        scores = scorer(prompts=list(prompts), completions=list(completions))
+    except Exception as exc:
+        raise _scorer_error(scorer, exc, rows, len(completions), completions,
+                            lambda i: scorer(prompts=[prompts[i]], completions=[completions[i]])) from exc
     return check_scores(scores, len(completions), scorer=scorer_name(scorer))
+
+
+def _scorer_error(scorer, exc: Exception, rows, n: int, completions, call_one) -> ScorerError:
+    """Find the first row on which ``call_one(i)`` raises too (the batch's failure may be one row's)."""
+    bad = None
+    for i in range(n):
+        try:
+            call_one(i)
+        except Exception:
+            bad = i
+            break
+    name = scorer_name(scorer)
+    if bad is None:
+        where = f"on a batch of {n} rows (no single row fails alone)"
+    else:
+        row = rows[bad] if rows is not None else bad
+        shown = f" (completion {completions[bad]!r})" if completions is not None else ""
+        where = f"on row {row}{shown}"
+    return ScorerError(f"reward scorer {name!r} raised {type(exc).__name__} {where}: {exc}")
 
 
 def score_tokens(
@@ -98,7 +127,12 @@ def score_tokens(
     on an accelerator it would cost a device sync every step.
     """
     name = scorer_name(scorer)
-    scores = scorer(prompt_ids, prompt_mask, response_ids, response_lengths)
+    try:
+        scores = scorer(prompt_ids, prompt_mask, response_ids, response_lengths)
+    except Exception as exc:
+        raise _scorer_error(scorer, exc, None, response_ids.shape[0], None, lambda i: scorer(
+            prompt_ids[i : i + 1], prompt_mask[i : i + 1], response_ids[i : i + 1], response_lengths[i : i + 1]
+        )) from exc
     batch = response_ids.shape[0]
     if not isinstance(scores, torch.Tensor):
         raise TypeError(f"token scorer {name!r} returned {type(scores).__name__}; expected a (B,) torch.Tensor")

@@ -55,7 +55,7 @@ def test_quick_perf_run_writes_every_figure(tmp_path, one_thread):
     assert saved["memory"]["training"]["peak_rss_bytes"] > 0
     assert saved["memory"]["rollout_storage"]["bytes_per_token"] > 0
     assert set(saved["host_reads"]) == {"fast_path", "kl_shaped", "padded_prompts"}
-    assert set(saved["summary"]) >= {"rollout_ratio_min", "cost_growth", "kl_shaped_ratio", "host_reads_per_step_fast_path"}
+    assert set(saved["summary"]) >= {"rollout_ratio_min", "cost_growth", "kl_shaped_ratio", "rescore_saved", "host_reads_per_step_fast_path"}
     for path, value in numbers(saved):
         assert math.isfinite(value) and value >= 0, path
 

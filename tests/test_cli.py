@@ -1,0 +1,56 @@
+"""The CLI explains itself (help with defaults and names, Custom-v0's requirements) and its curve
+shows each reward component; each runs the CLI in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def tokengym(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "400"}  # no wrapping inside the names checked below
+    return subprocess.run([sys.executable, "-m", "tokengym", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def test_help_is_user_facing_and_train_help_shows_defaults_agents_and_rewards():
+    top = tokengym("--help")
+    assert top.returncode == 0 and "``" not in top.stdout and "reinforcement learning" in top.stdout
+    train = tokengym("train", "--help")
+    assert train.returncode == 0
+    text = " ".join(train.stdout.split())
+    for needed in ("(default: 512)", "(default: ppo)", "(default: tokengym/Sentiment-v0)", "grpo: group-relative",
+                   "holistic, fine-grained, kl-shaped, fine-grained+kl", "k1, k2, k3", "--save-every", "--resume"):
+        assert needed in text, needed
+
+
+def test_envs_lists_what_custom_v0_requires():
+    out = tokengym("envs").stdout
+    custom = next(line for line in out.splitlines() if line.startswith("tokengym/Custom-v0"))
+    assert "model=, prompts= and reward=" in custom and "(required)" in custom
+
+
+def test_curve_plots_each_reward_component_and_kl(tmp_path):
+    code = (
+        "import sys, matplotlib.axes\n"
+        "labels = []\n"
+        "plot = matplotlib.axes.Axes.plot\n"
+        "def spy(self, *a, **k):\n"
+        "    labels.append(k.get('label'))\n"
+        "    return plot(self, *a, **k)\n"
+        "matplotlib.axes.Axes.plot = spy\n"
+        "from tokengym.cli import main\n"
+        f"rc = main(['train', '--env', 'tokengym/Calibration-v0', '--agent', 'ppo', '--reward', 'kl-shaped', '--beta', '0.1',"
+        f" '--episodes', '8', '--batch-size', '4', '--out', {str(tmp_path / 'run')!r}, '--quiet'])\n"
+        "print(repr(labels))\n"
+        "sys.exit(rc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    labels = result.stdout.strip().splitlines()[-1]
+    for needed in ("total reward", "reward/calibration", "reward/kl_penalty", "KL to reference"):
+        assert needed in labels, (needed, labels)
+    assert (tmp_path / "run" / "curve.png").stat().st_size > 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2]
+    assert {"iteration", "episodes", "reward", "kl_ref"} <= set(json.loads(lines[0]))
