@@ -133,6 +133,8 @@ class Agent(abc.ABC):
         if policy is None:
             policy = Policy.from_pretrained(env.model, device=env.device, value_head=self.needs_values)
         policy.sampling = env.sampling
+        if policy.tokenizer is None:
+            policy.tokenizer = env.tokenizer  # saved beside the policy; None for token-id-only envs
         if policy.vocab_size != env.single_action_space.n:
             raise ValueError(
                 f"the policy's vocabulary ({policy.vocab_size} logits) does not fit the env's action "
@@ -141,6 +143,8 @@ class Agent(abc.ABC):
         if self.needs_values and policy.value_head is None:
             raise ValueError(f"{type(self).__name__} needs a policy with a value function (value_head=True)")
         self.policy = policy
+        if policy.is_lora:  # π_ref is the policy's own base with adapters off: no second copy
+            env.set_reference(Reference.adapters_off(policy.model, env.sampling.temperature))
         self.reference: Reference = env.reference
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.generator = torch.Generator(device=env.device).manual_seed(config.seed)
@@ -312,14 +316,15 @@ class Agent(abc.ABC):
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, keep: tuple[str, ...] = ()) -> Path:
         """Write ``policy/`` and ``reference/`` (``save_pretrained``: transformers alone loads
-        them), the config, and optimizer/RNG/progress state. Atomic: everything is written to a
+        them, each with the env's tokenizer and a generation config; with LoRA ``policy/`` is a
+        PEFT adapter directory and ``reference/`` its full base model, once), the config, and optimizer/RNG/progress state. Atomic: everything is written to a
         temporary sibling and renamed into place; files named in ``keep`` that already exist in
         ``directory`` (a run's metrics, say) are carried over."""
         from tokengym.lm.io import atomic_write_dir
 
         def write(tmp: Path) -> None:
             self.policy.save_pretrained(tmp / "policy")
-            self.reference.model.save_pretrained(tmp / "reference")
+            self.reference.save_pretrained(tmp / "reference", tokenizer=self.env.tokenizer)
             (tmp / CONFIG_FILE).write_text(json.dumps({"agent": type(self).__name__, **asdict(self.config)}, indent=2))
             torch.save(self._trainer_state(), tmp / TRAINER_STATE_FILE)
 
@@ -392,8 +397,12 @@ class Agent(abc.ABC):
         names = {f.name for f in fields(cls.config_class)}
         config = cls.config_class(**{k: v for k, v in saved.items() if k in names})
         env = getattr(env, "unwrapped", env)
-        policy = Policy.from_pretrained(directory / "policy", device=env.device)
-        env.set_reference(Reference.load(directory / "reference", temperature=env.sampling.temperature, device=env.device))
+        lora = (directory / "policy" / "adapter_config.json").is_file()  # adapters on reference/'s base
+        policy = Policy.from_pretrained(
+            directory / "policy", device=env.device, base_model=directory / "reference" if lora else None
+        )
+        if not lora:  # a LoRA policy's π_ref is its base, adapters off (set in __init__)
+            env.set_reference(Reference.load(directory / "reference", temperature=env.sampling.temperature, device=env.device))
         agent = cls(env, config, policy=policy)
         state = torch.load(directory / TRAINER_STATE_FILE, map_location=env.device, weights_only=True)
         agent._restore_trainer_state(state)

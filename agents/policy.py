@@ -17,11 +17,17 @@ Log-probs and sampling filters follow :class:`~tokengym.lm.sampling.SamplingConf
 agent takes from its env (the env's one source of truth for the temperature): every log-prob is
 ``log_softmax(logits / temperature)[a]`` of the unfiltered distribution, exactly what ``score``
 re-computes and what the env's reference is scored with.
+
+Mixed precision (``autocast_dtype``): the LM forwards of both phases run under ``torch.autocast``
+while the parameters, the optimizer and the value head stay float32 (master weights), unlike a
+weight cast. LoRA (``lora=``): the LM becomes a ``peft.PeftModel`` whose adapters alone train.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -30,10 +36,11 @@ from safetensors.torch import load_file, save_file
 
 from tokengym.lm.cached_lm import CachedLM
 from tokengym.lm.loading import load_causal_lm, vocab_width
+from tokengym.lm.lora import LoRAConfig, apply_lora, is_peft_model
 from tokengym.lm.sampling import SamplingConfig, filter_logits, sample
 from tokengym.lm.scoring import forward_responses, gather_logprobs
 
-__all__ = ["Policy", "PolicyStep", "Scored"]
+__all__ = ["Policy", "PolicyStep", "Scored", "check_autocast"]
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 """Value head weights inside a saved policy directory."""
@@ -63,6 +70,30 @@ class Scored(NamedTuple):
     """(B, T) V(s_t), the state before response token t, or None without a value function."""
 
 
+def check_autocast(device_type: str, dtype: torch.dtype | None) -> None:
+    """Raise a ValueError unless ``torch.autocast(device_type, dtype)`` really runs in ``dtype``.
+
+    torch only warns (and silently runs in float32) when a device's autocast lacks a dtype, e.g.
+    float16 on some CPU builds; a user who asked for mixed precision should hear about it.
+    """
+    if dtype is None:
+        return
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast_dtype must be torch.bfloat16, torch.float16 or None, got {dtype!r}")
+    if not torch.amp.is_autocast_available(device_type):
+        raise ValueError(f"torch has no autocast for device type {device_type!r}; use autocast_dtype=None")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast(device_type, dtype=dtype):
+            enabled = torch.is_autocast_enabled(device_type)
+    if not enabled or caught:
+        why = "; ".join(str(w.message) for w in caught) or "autocast stays disabled"
+        raise ValueError(
+            f"autocast to {dtype} is not supported on {device_type!r} by this torch build ({why}); "
+            "use torch.bfloat16 or autocast_dtype=None"
+        )
+
+
 def _hidden_size(model: torch.nn.Module) -> int:
     """Width of the last hidden state (the input width of the LM head)."""
     head = model.get_output_embeddings()
@@ -78,6 +109,11 @@ class Policy(torch.nn.Module):
     last hidden state (``value_head=True``; the value loss then also trains the shared trunk) or
     a separate copy of the LM with its own head (``separate_value_model=True``). Values are computed
     in fp32 whatever the model's dtype.
+
+    ``tokenizer`` is saved beside the model by :meth:`save_pretrained` (an agent sets it to its
+    env's tokenizer; None for token-id-only envs, and then no tokenizer is saved).
+    ``autocast_dtype`` (``torch.bfloat16`` or ``torch.float16``) runs every LM forward under
+    ``torch.autocast`` with the float32 parameters as master weights.
     """
 
     def __init__(
@@ -87,8 +123,13 @@ class Policy(torch.nn.Module):
         value_head: bool = False,
         value_model: torch.nn.Module | None = None,
         sampling: SamplingConfig | None = None,
+        tokenizer=None,
+        autocast_dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        check_autocast(next(model.parameters()).device.type, autocast_dtype)
+        self.autocast_dtype = autocast_dtype
+        self.tokenizer = tokenizer
         self.model = model
         self.value_model = value_model  # separate value trunk (a causal LM feeding the head) or None
         self.value_head: torch.nn.Linear | None = None
@@ -116,6 +157,10 @@ class Policy(torch.nn.Module):
         dtype: torch.dtype | None = torch.float32,
         trust_remote_code: bool = False,
         sampling: SamplingConfig | None = None,
+        lora: LoRAConfig | None = None,
+        base_model: str | os.PathLike | torch.nn.Module | None = None,
+        tokenizer=None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> "Policy":
         """A policy around ``"embedded"``, a hub name, a local directory or a built model instance.
 
@@ -124,15 +169,30 @@ class Policy(torch.nn.Module):
         whatever ``value_head`` / ``separate_value_model`` say. A model instance is moved to
         ``device`` and cast to ``dtype`` (``dtype=None`` keeps its dtype). A fresh separate value
         model starts as a copy of the policy LM.
+
+        ``lora`` wraps the LM in fresh PEFT LoRA adapters (only they, and a value head, train). A
+        saved LoRA policy (a PEFT adapter directory, with ``adapter_config.json``) loads onto
+        ``base_model`` (a name, directory or module), by default the base the adapter config names;
+        its adapters stay trainable. ``tokenizer`` and ``autocast_dtype``: see the class docstring.
         """
         saved = None
+        adapter_dir = None
         if isinstance(name_or_model, torch.nn.Module):
             model = name_or_model if dtype is None else name_or_model.to(dtype)
             model = model.to(device)
+        elif Path(name_or_model).is_dir() and (Path(name_or_model) / "adapter_config.json").is_file():
+            adapter_dir = saved = Path(name_or_model)
+            model = cls._load_adapter(adapter_dir, base_model, device, dtype, trust_remote_code)
         else:
             model = load_causal_lm(name_or_model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
             if Path(name_or_model).is_dir():
                 saved = Path(name_or_model)
+        if lora is not None:
+            if is_peft_model(model):
+                raise ValueError("lora= was given but the model already has PEFT adapters")
+            if separate_value_model:
+                raise ValueError("lora= with separate_value_model=True is not supported; use value_head=True")
+            model = apply_lora(model, lora)
         value_model = None
         if saved is not None and (saved / VALUE_MODEL_DIR).is_dir():
             value_model = load_causal_lm(
@@ -142,10 +202,30 @@ class Policy(torch.nn.Module):
             value_model = copy.deepcopy(model)
         head_file = saved / VALUE_HEAD_FILE if saved is not None else None
         has_head_file = head_file is not None and head_file.is_file()
-        policy = cls(model, value_head=value_head or has_head_file, value_model=value_model, sampling=sampling)
+        policy = cls(
+            model, value_head=value_head or has_head_file, value_model=value_model, sampling=sampling,
+            tokenizer=tokenizer, autocast_dtype=autocast_dtype,
+        )
         if has_head_file:
             policy.value_head.load_state_dict(load_file(head_file, device=str(policy.device)))
         return policy
+
+    @staticmethod
+    def _load_adapter(adapter_dir: Path, base_model, device, dtype, trust_remote_code) -> torch.nn.Module:
+        """A trainable ``PeftModel``: the adapters in ``adapter_dir`` on ``base_model`` (or the named base)."""
+        import json
+
+        from peft import PeftModel
+
+        if base_model is None:
+            base_model = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base_model:
+                raise ValueError(f"{adapter_dir} names no base model; pass base_model=NAME_OR_DIR")
+        if isinstance(base_model, torch.nn.Module):
+            base = base_model.to(device) if dtype is None else base_model.to(device=device, dtype=dtype)
+        else:
+            base = load_causal_lm(base_model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=True).eval()
 
     # ----------------------------------------------------------------- properties and parameters
     @property
@@ -165,6 +245,17 @@ class Policy(torch.nn.Module):
             self.value_model.eval()
         return self
 
+    @property
+    def is_lora(self) -> bool:
+        """Is the LM a PEFT model (only its adapters train; π_ref is its base, adapters off)?"""
+        return is_peft_model(self.model)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context every LM forward runs in: ``torch.autocast`` when ``autocast_dtype`` is set."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def policy_parameters(self) -> Iterator[torch.nn.Parameter]:
         """Parameters of the policy LM (with a shared value head, the trunk the value loss also trains)."""
         return self.model.parameters()
@@ -182,11 +273,12 @@ class Policy(torch.nn.Module):
         """Prefill the KV cache with (B, P) left-padded prompts (``prompt_mask`` True on real tokens)."""
         shared_value = self.value_head is not None and self.value_model is None
         self._lm = CachedLM(self.model, output_hidden_states=shared_value)
-        self._logits = self._lm.prefill(prompt_ids, prompt_mask)  # (B, V)
         self._value_lm = None
-        if self.value_model is not None:
-            self._value_lm = CachedLM(self.value_model, output_hidden_states=True)
-            self._value_lm.prefill(prompt_ids, prompt_mask)
+        with self.autocast():
+            self._logits = self._lm.prefill(prompt_ids, prompt_mask)  # (B, V)
+            if self.value_model is not None:
+                self._value_lm = CachedLM(self.value_model, output_hidden_states=True)
+                self._value_lm.prefill(prompt_ids, prompt_mask)
 
     @torch.no_grad()
     def act(self, generator: torch.Generator | None = None) -> PolicyStep:
@@ -209,9 +301,10 @@ class Policy(torch.nn.Module):
         """Append the (B,) chosen tokens to the cache."""
         if self._lm is None:
             raise RuntimeError("Policy.advance called before Policy.begin(prompt_ids, prompt_mask)")
-        self._logits = self._lm.step(actions)  # (B, V)
-        if self._value_lm is not None:
-            self._value_lm.step(actions)
+        with self.autocast():
+            self._logits = self._lm.step(actions)  # (B, V)
+            if self._value_lm is not None:
+                self._value_lm.step(actions)
 
     def _rollout_values(self) -> torch.Tensor | None:
         """(B,) V(s_t) from the hidden state behind the current logits, or None."""
@@ -231,9 +324,10 @@ class Policy(torch.nn.Module):
         P = prompt_width
         T = input_ids.shape[1] - P
         shared_value = self.value_head is not None and self.value_model is None
-        logits, hidden = forward_responses(
-            self.model, input_ids, attention_mask, P, output_hidden_states=shared_value
-        )  # (B, T, V), (B, P+T, H) or None
+        with self.autocast():
+            logits, hidden = forward_responses(
+                self.model, input_ids, attention_mask, P, output_hidden_states=shared_value
+            )  # (B, T, V), (B, P+T, H) or None
         logprobs_all = self.sampling.logprobs(logits)  # (B, T, V)
         logprobs = gather_logprobs(logprobs_all, input_ids[:, P:])  # (B, T)
         entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)  # (B, T)
@@ -241,9 +335,10 @@ class Policy(torch.nn.Module):
         values = None
         if self.value_head is not None:
             if not shared_value:
-                _, hidden = forward_responses(
-                    self.value_model, input_ids, attention_mask, P, output_hidden_states=True
-                )  # (B, P+T, H)
+                with self.autocast():
+                    _, hidden = forward_responses(
+                        self.value_model, input_ids, attention_mask, P, output_hidden_states=True
+                    )  # (B, P+T, H)
             values = self.value_head(hidden[:, P - 1 : P + T - 1].float()).squeeze(-1)  # (B, T)
         return Scored(logprobs, entropy, values)
 
@@ -251,14 +346,19 @@ class Policy(torch.nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Save so that ``transformers`` alone loads the LM and :meth:`from_pretrained` restores all.
 
-        Layout: the LM's ``save_pretrained`` files (safetensors); ``value_head.safetensors``; and
-        ``value_model/`` for a separate value model. Written to a temporary sibling directory and
+        Layout: the LM's ``save_pretrained`` files (safetensors and generation config; for a LoRA
+        policy, PEFT's adapter directory: ``adapter_config.json`` and ``adapter_model.safetensors``,
+        which ``peft.AutoPeftModelForCausalLM`` loads onto the base the config names); the
+        tokenizer, if the policy has one; ``value_head.safetensors``; and ``value_model/`` for a
+        separate value model. Written to a temporary sibling directory and
         renamed into place, so a crash never leaves a half-written ``directory``.
         """
         from tokengym.lm.io import atomic_write_dir
 
         def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
+            if hasattr(self.tokenizer, "save_pretrained"):  # None for token-id-only envs
+                self.tokenizer.save_pretrained(tmp)
             if self.value_head is not None:
                 state = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
                 save_file(state, tmp / VALUE_HEAD_FILE)

@@ -8,12 +8,13 @@ the dependency order is ``lm ← rewards ← envs ← agents ← benchmarks ← 
 from tokengym.lm.cached_lm import CachedLM, positions_from_mask
 from tokengym.lm.kl import ESTIMATORS, REWARD_ESTIMATORS, check_estimator, kl_estimate
 from tokengym.lm.loading import EMBEDDED_MODEL_DIR, load_causal_lm, load_tokenizer, vocab_width
+from tokengym.lm.lora import LoRAConfig, apply_lora, is_peft_model
 from tokengym.lm.reference import IncrementalLogprobs, Reference, frozen_copy
 from tokengym.lm.sampling import SamplingConfig, filter_logits, sample
 from tokengym.lm.scoring import forward_responses, gather_logprobs
 
 __all__ = [
-    "CachedLM", "EMBEDDED_MODEL_DIR", "ESTIMATORS", "IncrementalLogprobs", "REWARD_ESTIMATORS", "Reference",
-    "SamplingConfig", "check_estimator", "filter_logits", "forward_responses", "frozen_copy", "gather_logprobs",
-    "kl_estimate", "load_causal_lm", "load_tokenizer", "positions_from_mask", "sample", "vocab_width",
+    "CachedLM", "EMBEDDED_MODEL_DIR", "ESTIMATORS", "IncrementalLogprobs", "LoRAConfig", "REWARD_ESTIMATORS", "Reference",
+    "SamplingConfig", "apply_lora", "check_estimator", "filter_logits", "forward_responses", "frozen_copy", "gather_logprobs",
+    "is_peft_model", "kl_estimate", "load_causal_lm", "load_tokenizer", "positions_from_mask", "sample", "vocab_width",
 ]

@@ -14,9 +14,10 @@ from transformers import DynamicCache
 
 __all__ = ["CachedLM", "positions_from_mask", "takes_prepared_mask"]
 
-_PREPARED_MASK_MODELS = ("gpt2", "llama")
-"""Model types checked to use a ready 4D mask as is (full causal attention, positions from
-``position_ids``). Others get the 2D mask."""
+_PREPARED_MASK_MODELS = ("gpt2", "llama", "qwen2", "gpt_neox", "phi", "mistral")
+"""Model types checked (tests/test_models.py) to use a ready 4D mask as is: full causal attention,
+positions from ``position_ids``. Others get the 2D mask. Qwen2 and Mistral qualify only with
+their sliding window off (see :func:`takes_prepared_mask`)."""
 
 
 def takes_prepared_mask(model: torch.nn.Module) -> bool:
@@ -27,10 +28,13 @@ def takes_prepared_mask(model: torch.nn.Module) -> bool:
     into it, so only the model types in ``_PREPARED_MASK_MODELS`` qualify.
     """
     config = getattr(model, "config", None)
+    layer_types = getattr(config, "layer_types", None) or ()
     return (
         int(transformers.__version__.split(".")[0]) >= 5
         and getattr(config, "model_type", None) in _PREPARED_MASK_MODELS
         and getattr(config, "_attn_implementation", None) in ("eager", "sdpa")
+        and getattr(config, "sliding_window", None) is None
+        and all(kind == "full_attention" for kind in layer_types)
     )
 
 

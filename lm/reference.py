@@ -18,6 +18,7 @@ from typing import Callable, ContextManager
 import torch
 
 from tokengym.lm.cached_lm import CachedLM
+from tokengym.lm.lora import base_state_dict, is_peft_model
 from tokengym.lm.scoring import forward_responses, gather_logprobs
 
 __all__ = ["Reference", "IncrementalLogprobs", "frozen_copy"]
@@ -125,6 +126,20 @@ class Reference:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+        """Write π_ref as a plain model directory that ``AutoModelForCausalLM`` loads, with its
+        generation config and ``tokenizer`` (none when None: a token-id-only env).
+
+        For :meth:`adapters_off` this is the base model's own weights, adapters left out, so a LoRA
+        run's ``reference/`` is the full base model, once.
+        """
+        if is_peft_model(self.model):
+            self.model.get_base_model().save_pretrained(directory, state_dict=base_state_dict(self.model))
+        else:
+            self.model.save_pretrained(directory)
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(directory)
 
     def context(self) -> ContextManager:
         """The context every forward of π_ref runs in (adapters off for LoRA)."""
