@@ -156,11 +156,13 @@ class Agent:
         logprobs = torch.zeros(B, T, device=env.device)  # (B, T)
         rewards = torch.zeros(B, T, device=env.device)  # (B, T)
         values = torch.zeros(B, T, device=env.device) if policy.value_head is not None else None
+        late_rewards = torch.zeros(B, device=env.device)  # (B,) paid after a row's episode ended
         for t in range(T):
             step = policy.act(self.generator)
             obs, reward, _, _, info = env.step(step.actions, logprobs=step.logprobs)
             logprobs[:, t] = step.logprobs
             rewards[:, t] = reward
+            late_rewards += info["late_rewards"]
             if values is not None:
                 values[:, t] = step.values
             if t + 1 == T or ((t + 1) % config.check_done_every == 0 and bool(env.all_done)):
@@ -168,6 +170,7 @@ class Agent:
             policy.advance(step.actions)
         input_ids, attention_mask = obs["input_ids"], obs["attention_mask"].bool()
         mask = attention_mask[:, P:]  # (B, T)
+        rewards.scatter_add_(1, (mask.sum(-1, keepdim=True) - 1).clamp(min=0), late_rewards[:, None])  # to each last step
         ref_logprobs = self.reference.score(input_ids, attention_mask, P).logprobs  # (B, T)
         return Rollout(
             input_ids=input_ids, attention_mask=attention_mask, prompt_width=P, mask=mask,
