@@ -2,7 +2,8 @@
 from tokengym.agents.a2c import A2C, A2CConfig
 from tokengym.agents.base import Agent, AgentConfig, Rollout
 from tokengym.agents.grpo import GRPO, GRPOConfig
-from tokengym.agents.policy import Policy, SamplingConfig
+from tokengym.agents.policy import Policy
+from tokengym.lm.sampling import SamplingConfig
 from tokengym.agents.ppo import PPO, PPOConfig
 from tokengym.agents.reinforce import REINFORCE, REINFORCEConfig
 

@@ -2,14 +2,16 @@
 
 A learned ``V(s_t)`` gives the advantage, either GAE(γ, λ) (``δ_t = r_t + γV(s_{t+1}) − V(s_t)``,
 ``A_t = δ_t + γλA_{t+1}``) or the n-step target minus ``V(s_t)``; one gradient step per batch on
-policy loss + value MSE − entropy bonus.
+policy loss + value MSE − entropy bonus. Every term is summed over a sequence's tokens and
+averaged over sequences (``agents/advantages.py``), so ``value_coef`` and ``entropy_coef`` mean
+the same as in PPO and REINFORCE.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from tokengym.agents.advantages import explained_variance, gae, masked_mean, n_step_returns
+from tokengym.agents.advantages import explained_variance, gae, masked_mean, n_step_returns, sequence_sum_mean
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
 
 __all__ = ["A2C", "A2CConfig"]
@@ -17,6 +19,8 @@ __all__ = ["A2C", "A2CConfig"]
 
 @dataclass
 class A2CConfig(AgentConfig):
+    """A2C's settings; each field is validated in ``__post_init__``."""
+
     lr: float = 1e-4
     """Adam learning rate, > 0."""
     gae_lambda: float = 0.95
@@ -38,6 +42,10 @@ class A2CConfig(AgentConfig):
 
 
 class A2C(Agent):
+    """Advantage actor-critic: one gradient step per batch on
+    ``−Σ_t log π(a_t|s_t) A_t + c_V · ½ Σ_t (V(s_t) − R_t)² − c_H · Σ_t H_t`` (each sum over a
+    sequence's tokens, averaged over sequences), with ``A_t`` from GAE(γ, λ) or n-step returns."""
+
     config_class = A2CConfig
     needs_values = True
 
@@ -49,14 +57,14 @@ class A2C(Agent):
             returns = n_step_returns(rollout.rewards, rollout.values, mask, config.gamma, config.n_steps)
             advantages = returns - rollout.values  # (B, T)
         scored = self.policy.score(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        pg_loss = -(scored.logprobs * advantages * mask).sum(-1).mean()
-        value_loss = 0.5 * masked_mean((scored.values - returns) ** 2, mask)
-        entropy = masked_mean(scored.entropy, mask)
+        pg_loss = -sequence_sum_mean(scored.logprobs * advantages, mask)
+        value_loss = 0.5 * sequence_sum_mean((scored.values - returns) ** 2, mask)
+        entropy = sequence_sum_mean(scored.entropy, mask)
         loss = pg_loss + config.value_coef * value_loss - config.entropy_coef * entropy
         self.optimizer_step(loss)
         return {
             "pg_loss": float(pg_loss.detach()),
             "value_loss": float(value_loss.detach()),
-            "entropy": float(entropy.detach()),
+            "entropy": float(masked_mean(scored.entropy.detach(), mask)),  # per token
             "explained_variance": float(explained_variance(rollout.values, returns, mask)),
         }

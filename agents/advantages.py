@@ -1,15 +1,22 @@
-"""Shared maths for the agents: returns, advantages, baselines, masked statistics, KL estimators.
+"""Shared maths for the agents: returns, advantages, baselines, masked statistics, loss aggregation.
 
 Every per-token tensor is ``(B, T)``: row ``b`` is one episode, column ``t`` its ``t``-th action.
 ``mask`` is a ``(B, T)`` bool tensor, True on valid steps; a row's valid steps are a prefix and the
 mask is False after the row's last step (the env's right-padded response layout). Functions here
 never read tensor values on the host, so they run on any device without synchronising.
 
-Episodes are finite. An episode ends either by a stop token (``terminated``) or after
-``max_new_tokens`` actions (``truncated``). Truncation here is not a time limit cutting an infinite
-task short: ``max_new_tokens`` is the true horizon of this finite-horizon MDP, so there is no
-future after the last step and the value after it is 0 in both cases. ``last_values`` exists only
-for rollouts that stop in the middle of an episode (a buffer shorter than the episode).
+Episodes are finite. An episode ends either by a stop token or after ``max_new_tokens`` actions;
+the env reports both as ``terminated``. The limit is not a time limit cutting an endless task
+short: ``max_new_tokens`` is the true horizon of this finite-horizon MDP, so there is no future
+after the last step and the value after it is 0 in both cases. ``last_values`` exists only for
+rollouts that stop in the middle of an episode (a buffer shorter than the episode).
+
+Loss aggregation (one convention for REINFORCE, A2C and PPO, :func:`sequence_sum_mean`): every
+per-token term (policy, value, entropy) is summed over a sequence's valid tokens and averaged over
+sequences. The policy term's gradient is then the textbook estimator of ``∇E[Σ_t r_t]`` (no
+length-dependent reweighting), and ``value_coef`` and ``entropy_coef`` weigh their terms against
+it in the same units in every agent. GRPO follows seed 001's ``J(θ)`` instead (a mean over each
+sequence's tokens, then over sequences; see ``agents/grpo.py``).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ __all__ = [
     "gae",
     "n_step_returns",
     "masked_mean",
+    "sequence_sum_mean",
     "masked_var",
     "masked_whiten",
     "explained_variance",
@@ -136,6 +144,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return valid.sum(dim) / mask.sum(dim)
 
 
+def sequence_sum_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """0-dim ``mean_b Σ_t x[b, t]`` over the valid tokens: the loss aggregation of REINFORCE, A2C and PPO."""
+    return torch.where(mask, x, 0.0).sum(-1).mean()
+
+
 def masked_var(
     x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, unbiased: bool = True
 ) -> torch.Tensor:
@@ -206,8 +219,9 @@ def group_advantages(
 def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """(B,) RLOO baseline: the mean score of the other G−1 samples of the same prompt.
 
-    ``b_i = (Σ_j r_j − r_i) / (G − 1)`` (Kool et al. 2019; Ahmadian et al. 2024). It does not
-    depend on sample ``i``, so ``r_i − b_i`` keeps the policy gradient unbiased.
+    ``b_i = (Σ_j R_j − R_i) / (G − 1)`` (Kool et al. 2019; Ahmadian et al. 2024), where ``R_j`` is
+    sample ``j``'s *episode return*. It does not depend on sample ``i``, so subtracting it from
+    any of sample ``i``'s reward-to-go terms keeps the policy gradient unbiased.
     """
     grouped = _grouped(scores, group_size)  # (B/G, G)
     others = grouped.sum(dim=1, keepdim=True) - grouped  # (B/G, G)

@@ -3,6 +3,7 @@ optimizer step, per-iteration logging, and save/load. Each agent overrides only 
 """
 from __future__ import annotations
 
+import abc
 import json
 import math
 import os
@@ -16,8 +17,9 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from tokengym.agents.policy import Policy, SamplingConfig
+from tokengym.agents.policy import Policy
 from tokengym.envs.token_env import TokenVectorEnv
+from tokengym.lm.reference import Reference
 
 __all__ = ["AgentConfig", "Agent", "Rollout", "check_range"]
 
@@ -47,12 +49,6 @@ class AgentConfig:
     """Discount γ in [0, 1]; RLHF usually uses 1."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip, > 0."""
-    temperature: float = 1.0
-    """Sampling temperature (> 0); log-probs are those of the temperature-scaled policy."""
-    top_k: int = 0
-    """Sample among the top-k tokens only (0: off). Makes sampling slightly off-policy."""
-    top_p: float = 1.0
-    """Nucleus sampling mass in (0, 1] (1: off). Makes sampling slightly off-policy."""
     group_size: int = 1
     """Samples per prompt: the env repeats each prompt this many times in consecutive rows."""
     seed: int = 0
@@ -67,11 +63,6 @@ class AgentConfig:
         check_range("max_grad_norm", self.max_grad_norm, 0, math.inf, low_open=True, high_open=True)
         check_range("group_size", self.group_size, 1, math.inf, integer=True, high_open=True)
         check_range("check_done_every", self.check_done_every, 1, math.inf, integer=True, high_open=True)
-        self.sampling  # validates temperature / top_k / top_p
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
 
 
 @dataclass
@@ -89,7 +80,8 @@ class Rollout:
     logprobs: torch.Tensor
     """(B, T) log π_θold(a_t|s_t) from the rollout."""
     ref_logprobs: torch.Tensor
-    """(B, T) log π_ref(a_t|s_t), teacher-forced."""
+    """(B, T) log π_ref(a_t|s_t) at the env's temperature: the env's per-step numbers when it
+    stepped π_ref for a KL-shaped reward, else one teacher-forced pass of the same reference."""
     values: torch.Tensor | None
     """(B, T) V(s_t) from the rollout, or None."""
     rewards: torch.Tensor
@@ -103,8 +95,14 @@ class Rollout:
         return self.rewards.sum(-1)
 
 
-class Agent:
-    """A policy-gradient agent that drives a :class:`TokenVectorEnv` through ``reset``/``step``."""
+class Agent(abc.ABC):
+    """A policy-gradient agent that drives a :class:`TokenVectorEnv` through ``reset``/``step``.
+
+    The env is the one source of truth for what the agent compares: the policy samples with the
+    env's :attr:`~TokenVectorEnv.sampling` (temperature, top-k, top-p), and π_ref is the env's
+    :attr:`~TokenVectorEnv.reference`, so the reward's KL penalty, the agent's ``ref_logprobs``
+    and the logged ``kl_ref`` are the same numbers from one model held once in memory.
+    """
 
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
     needs_values: ClassVar[bool] = False
@@ -126,7 +124,7 @@ class Agent:
         torch.manual_seed(config.seed)
         if policy is None:
             policy = Policy.from_pretrained(env.model, device=env.device, value_head=self.needs_values)
-        policy.sampling = config.sampling
+        policy.sampling = env.sampling
         if policy.vocab_size != env.single_action_space.n:
             raise ValueError(
                 f"the policy's vocabulary ({policy.vocab_size} logits) does not fit the env's action "
@@ -135,7 +133,7 @@ class Agent:
         if self.needs_values and policy.value_head is None:
             raise ValueError(f"{type(self).__name__} needs a policy with a value function (value_head=True)")
         self.policy = policy
-        self.reference = Policy(policy.reference(), sampling=config.sampling)
+        self.reference: Reference = env.reference
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.generator = torch.Generator(device=env.device).manual_seed(config.seed)
         self.iteration = 0
@@ -155,14 +153,18 @@ class Agent:
         policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
         logprobs = torch.zeros(B, T, device=env.device)  # (B, T)
         rewards = torch.zeros(B, T, device=env.device)  # (B, T)
+        late_rewards = torch.zeros(B, device=env.device)  # (B,) paid after a row ended (batch-level rewards)
         values = torch.zeros(B, T, device=env.device) if policy.value_head is not None else None
-        late_rewards = torch.zeros(B, device=env.device)  # (B,) paid after a row's episode ended
+        ref_logprobs = torch.zeros(B, T, device=env.device) if env.steps_reference else None
         for t in range(T):
             step = policy.act(self.generator)
             obs, reward, _, _, info = env.step(step.actions, logprobs=step.logprobs)
             logprobs[:, t] = step.logprobs
             rewards[:, t] = reward
-            late_rewards += info["late_rewards"]
+            if ref_logprobs is not None:
+                ref_logprobs[:, t] = info["ref_logprobs"]
+            if "late_rewards" in info:
+                late_rewards += info["late_rewards"]
             if values is not None:
                 values[:, t] = step.values
             if t + 1 == T or ((t + 1) % config.check_done_every == 0 and bool(env.all_done)):
@@ -170,8 +172,10 @@ class Agent:
             policy.advance(step.actions)
         input_ids, attention_mask = obs["input_ids"], obs["attention_mask"].bool()
         mask = attention_mask[:, P:]  # (B, T)
-        rewards.scatter_add_(1, (mask.sum(-1, keepdim=True) - 1).clamp(min=0), late_rewards[:, None])  # to each last step
-        ref_logprobs = self.reference.score(input_ids, attention_mask, P).logprobs  # (B, T)
+        if ref_logprobs is None:  # the env did not step π_ref: score the episodes once
+            ref_logprobs = self.reference.score(input_ids, attention_mask, P)  # (B, T)
+        last_step = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1)
+        rewards.scatter_add_(1, last_step, late_rewards[:, None])  # a late payment belongs to the row's last step
         return Rollout(
             input_ids=input_ids, attention_mask=attention_mask, prompt_width=P, mask=mask,
             logprobs=torch.where(mask, logprobs, 0.0), ref_logprobs=torch.where(mask, ref_logprobs, 0.0),
@@ -179,9 +183,9 @@ class Agent:
         )
 
     # ------------------------------------------------------------------ update
+    @abc.abstractmethod
     def update(self, rollout: Rollout) -> dict[str, float]:
         """One policy update from ``rollout``; returns diagnostics. Each agent implements it."""
-        raise NotImplementedError
 
     def optimizer_step(self, loss: torch.Tensor) -> bool:
         """Backward, clip, step; a non-finite loss or gradient never reaches the weights."""
@@ -314,9 +318,8 @@ class Agent:
         config = cls.config_class(**{k: v for k, v in saved.items() if k in names})
         env = getattr(env, "unwrapped", env)
         policy = Policy.from_pretrained(directory / "policy", device=env.device)
+        env.set_reference(Reference.load(directory / "reference", temperature=env.sampling.temperature, device=env.device))
         agent = cls(env, config, policy=policy)
-        reference = Policy.from_pretrained(directory / "reference", device=env.device).model.requires_grad_(False)
-        agent.reference = Policy(reference, sampling=config.sampling)
         state = torch.load(directory / TRAINER_STATE_FILE, map_location=env.device, weights_only=True)
         agent.optimizer.load_state_dict(state["optimizer"])
         agent.generator.set_state(state["generator"].cpu())

@@ -6,6 +6,20 @@ in the loss rather than in the reward. The per-token objective is averaged over 
 tokens (``1/|o_i|``) and then over sequences. ``length_normalization=False`` with
 ``scale_rewards=False`` is Dr. GRPO (Liu et al. 2025): a constant normaliser (``max_new_tokens``)
 and unscaled group-centred rewards, which remove GRPO's length and difficulty biases.
+
+The KL term's gradient flows through the estimator (it is a loss, not a reward). On-policy, for
+each visited state ``s_t`` (the sampled states held fixed, as in any per-token loss), the expected
+gradient of ``k(a_t, s_t)`` with ``a_t ~ π_θ(·|s_t)`` is:
+
+* ``"k1"`` (``log ρ``): 0, since ``E[∇log π_θ] = 0``. It regularises nothing; use it to log only.
+* ``"k2"`` (``½ log² ρ``): ``∇KL(π_θ(·|s_t) ‖ π_ref(·|s_t))``, the reverse KL that a KL-shaped
+  reward also penalises.
+* ``"k3"`` (``ρ⁻¹ − 1 + log ρ``, the default, DeepSeekMath's): ``∇KL(π_ref(·|s_t) ‖ π_θ(·|s_t))``,
+  the forward KL (mass-covering), even though its *value* estimates KL(π_θ‖π_ref).
+
+These are per-state divergences: the term does not differentiate through how θ changes which
+states are visited, so it is not the gradient of the whole-sequence KL (``tests/test_kl_loss.py``
+checks each identity exactly by enumeration on Calibration-v0).
 """
 from __future__ import annotations
 
@@ -16,13 +30,15 @@ import torch
 
 from tokengym.agents.advantages import approx_kl_and_clipfrac, group_advantages, masked_mean
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
-from tokengym.rewards.kl import kl_estimate
+from tokengym.lm.kl import check_estimator, kl_estimate
 
 __all__ = ["GRPO", "GRPOConfig", "grpo_loss"]
 
 
 @dataclass
 class GRPOConfig(AgentConfig):
+    """GRPO's settings; each field is validated in ``__post_init__``."""
+
     lr: float = 1e-4
     """Adam learning rate, > 0."""
     group_size: int = 4
@@ -30,7 +46,8 @@ class GRPOConfig(AgentConfig):
     beta: float = 0.04
     """KL coefficient β of D_KL(π_θ‖π_ref) in the loss, ≥ 0."""
     kl_estimator: str = "k3"
-    """Per-token KL estimator: 'k1', 'k2' or 'k3' (the unbiased, non-negative default)."""
+    """Per-token KL estimator in the loss: 'k3' (default; gradient of KL(π_ref‖π_θ) per state),
+    'k2' (gradient of KL(π_θ‖π_ref) per state) or 'k1' (zero expected gradient)."""
     clip_eps: float = 0.2
     """Ratio clip ε, > 0."""
     n_epochs: int = 1
@@ -48,8 +65,7 @@ class GRPOConfig(AgentConfig):
         super().__post_init__()
         check_range("group_size", self.group_size, 2, math.inf, integer=True, high_open=True)
         check_range("beta", self.beta, 0, math.inf, high_open=True)
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        check_estimator(self.kl_estimator, in_reward=False, field="kl_estimator")
         check_range("clip_eps", self.clip_eps, 0, math.inf, low_open=True, high_open=True)
         check_range("n_epochs", self.n_epochs, 1, math.inf, integer=True, high_open=True)
         check_range("n_minibatches", self.n_minibatches, 1, math.inf, integer=True, high_open=True)
@@ -69,6 +85,9 @@ def grpo_loss(
 
 
 class GRPO(Agent):
+    """Group-relative policy optimisation: no value function; G samples per prompt; the clipped
+    ratio with group-normalised sequence advantages and a per-token KL term in the loss."""
+
     config_class = GRPOConfig
 
     def __init__(self, env, config: GRPOConfig | None = None, policy=None):

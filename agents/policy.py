@@ -13,92 +13,34 @@ columns ``P .. P+T-1``) and explicit ``position_ids``, so the two phases give th
 the same deterministic function, so :meth:`Policy.train` leaves the wrapped models in eval mode
 (TRL disables dropout for the same reason).
 
-Log-probs and sampling filters. Every log-prob this module returns is
-``log_softmax(logits / temperature)[a]`` of the *unfiltered* temperature-scaled distribution,
-which is exactly what ``score`` re-computes. ``top_k``/``top_p`` only restrict which tokens
-``act`` may sample; when they are used the behaviour policy is the filtered distribution, not the
-one whose log-probs are reported, so sampling is slightly off-policy. The defaults
-(``top_k=0``, ``top_p=1``) are exactly on-policy.
+Log-probs and sampling filters follow :class:`~tokengym.lm.sampling.SamplingConfig`, which an
+agent takes from its env (the env's one source of truth for the temperature): every log-prob is
+``log_softmax(logits / temperature)[a]`` of the unfiltered distribution, exactly what ``score``
+re-computes and what the env's reference is scored with.
 """
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokengym.envs.cached_lm import CachedLM, positions_from_mask
-from tokengym.envs.loading import load_causal_lm, vocab_width
+from tokengym.lm.cached_lm import CachedLM
+from tokengym.lm.loading import load_causal_lm, vocab_width
+from tokengym.lm.sampling import SamplingConfig, filter_logits, sample
+from tokengym.lm.scoring import forward_responses, gather_logprobs
 
-__all__ = ["Policy", "PolicyStep", "SamplingConfig", "Scored", "filter_logits", "sample"]
+__all__ = ["Policy", "PolicyStep", "Scored"]
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 """Value head weights inside a saved policy directory."""
 VALUE_MODEL_DIR = "value_model"
 """Sub-directory holding the separate value trunk of a saved policy, if it has one."""
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How ``act`` samples; see the module docstring for how this relates to the log-probs."""
-
-    temperature: float = 1.0
-    """Logits are divided by this before softmax; > 0 and finite. Also used by ``score``."""
-    top_k: int = 0
-    """Sample only among the k most likely tokens; 0 disables. Integer >= 0."""
-    top_p: float = 1.0
-    """Sample only from the smallest set of tokens whose probability reaches top_p; in (0, 1], 1 disables."""
-
-    def __post_init__(self):
-        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """(..., V) logits with ``-inf`` on the tokens that top-k, then top-p, exclude.
-
-    Top-k keeps the ``k`` largest logits (ties with the k-th are kept too). Top-p then keeps the
-    minimal nucleus of the top-k-renormalised distribution: tokens in decreasing probability up to
-    and including the first one at which the cumulative probability reaches ``top_p``. The most
-    likely token is always kept. ``top_k=0`` and ``top_p=1`` disable each filter (the order
-    temperature → top-k → top-p is Hugging Face ``generate``'s).
-    """
-    if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
-        logits = logits.masked_fill(logits < kth, -math.inf)  # (..., V)
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
-        sorted_probs = sorted_logits.softmax(dim=-1)  # (..., V)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (..., V) mass of the more likely tokens
-        sorted_remove = mass_before >= top_p  # (..., V)
-        remove = sorted_remove.scatter(-1, order, sorted_remove)  # (..., V) back in vocabulary order
-        logits = logits.masked_fill(remove, -math.inf)  # (..., V)
-    return logits
-
-
-def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,) one draw per row from (B, V) probabilities (rows need not be normalised).
-
-    The exponential race ``argmax_a p_a / E_a`` with ``E_a ~ Exp(1)`` samples ``a ∝ p_a``; it is
-    what ``torch.multinomial(probs, 1)`` does internally. Drawing ``E = -log U`` from uniforms
-    rather than with ``Tensor.exponential_`` is ~4× faster on CPU (vectorised log) and costs the
-    same on CUDA. ``U`` is kept ≥ the smallest normal float so every ``E`` is finite and a token
-    with ``p > 0`` always beats one with ``p = 0``.
-    """
-    uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)  # (B, V)
-    race = uniform.clamp_(min=torch.finfo(probs.dtype).tiny).log_().neg_()  # (B, V) E ~ Exp(1)
-    return race.reciprocal_().mul_(probs).argmax(dim=-1)  # (B,)
 
 
 class PolicyStep(NamedTuple):
@@ -236,12 +178,6 @@ class Policy(torch.nn.Module):
         if self.value_model is not None:
             yield from self.value_model.parameters()
 
-    def reference(self) -> torch.nn.Module:
-        """A frozen deep copy of the LM (eval mode, no trainable parameters) for KL terms."""
-        ref = copy.deepcopy(self.model).eval()
-        ref.requires_grad_(False)
-        return ref
-
     # ----------------------------------------------------------------- rollout
     @torch.no_grad()
     def begin(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
@@ -261,16 +197,13 @@ class Policy(torch.nn.Module):
         if self._logits is None:
             raise RuntimeError("Policy.act called before Policy.begin(prompt_ids, prompt_mask)")
         sampling = self.sampling
-        logits = self._logits  # (B, V)
-        if sampling.temperature != 1:
-            logits = logits / sampling.temperature  # (B, V)
-        logprobs_all = logits.log_softmax(dim=-1)  # (B, V)
+        logprobs_all = sampling.logprobs(self._logits)  # (B, V) log_softmax(logits / τ)
         if sampling.top_k or sampling.top_p < 1:
-            probs = filter_logits(logits, sampling.top_k, sampling.top_p).softmax(dim=-1)  # (B, V)
+            probs = filter_logits(logprobs_all, sampling.top_k, sampling.top_p).softmax(dim=-1)  # (B, V)
         else:
             probs = logprobs_all.exp()  # (B, V)
         actions = sample(probs, generator)  # (B,)
-        logprobs = logprobs_all.gather(-1, actions[:, None]).squeeze(-1)  # (B,)
+        logprobs = gather_logprobs(logprobs_all, actions)  # (B,)
         return PolicyStep(actions, logprobs, self._rollout_values())
 
     @torch.no_grad()
@@ -299,34 +232,20 @@ class Policy(torch.nn.Module):
         """
         P = prompt_width
         T = input_ids.shape[1] - P
-        positions = positions_from_mask(attention_mask)  # (B, P+T)
-        mask = attention_mask.long()  # (B, P+T)
         shared_value = self.value_head is not None and self.value_model is None
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            output_hidden_states=shared_value,
-            logits_to_keep=T + 1,  # columns P-1 .. P+T-1; the last one predicts past the buffer
-        )
-        logits = out.logits[:, :-1].float() / self.sampling.temperature  # (B, T, V)
-        logprobs_all = logits.log_softmax(dim=-1)  # (B, T, V)
-        actions = input_ids[:, P:]  # (B, T)
-        logprobs = logprobs_all.gather(-1, actions[..., None]).squeeze(-1)  # (B, T)
+        logits, hidden = forward_responses(
+            self.model, input_ids, attention_mask, P, output_hidden_states=shared_value
+        )  # (B, T, V), (B, P+T, H) or None
+        logprobs_all = self.sampling.logprobs(logits)  # (B, T, V)
+        logprobs = gather_logprobs(logprobs_all, input_ids[:, P:])  # (B, T)
         entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)  # (B, T)
 
         values = None
         if self.value_head is not None:
-            if shared_value:
-                hidden = out.hidden_states[-1]  # (B, P+T, H)
-            else:
-                hidden = self.value_model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    output_hidden_states=True,
-                    logits_to_keep=1,  # the value trunk's LM head is unused
-                ).hidden_states[-1]  # (B, P+T, H)
+            if not shared_value:
+                _, hidden = forward_responses(
+                    self.value_model, input_ids, attention_mask, P, output_hidden_states=True
+                )  # (B, P+T, H)
             values = self.value_head(hidden[:, P - 1 : P + T - 1].float()).squeeze(-1)  # (B, T)
         return Scored(logprobs, entropy, values)
 

@@ -3,7 +3,10 @@
 KL to the reference enters through the env's KL-shaped reward (per-token ``-β·KL``), not the loss.
 Per batch: GAE(γ, λ) advantages, whitened; then several epochs of minibatches on
 ``min(ρ_t A_t, clip(ρ_t, 1−ε, 1+ε) A_t)`` with ``ρ_t = π_θ/π_θold``, a (optionally clipped) value
-loss and an entropy bonus, stopping early when the approximate KL passes ``target_kl``.
+loss and an entropy bonus, stopping early when the approximate KL passes ``target_kl``. Every
+term is summed over a sequence's tokens and averaged over the minibatch's sequences
+(``agents/advantages.py``), so ``value_coef`` and ``entropy_coef`` mean the same as in A2C and
+REINFORCE.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tokengym.agents.advantages import (
-    approx_kl_and_clipfrac, explained_variance, gae, masked_mean, masked_whiten,
+    approx_kl_and_clipfrac, explained_variance, gae, masked_mean, masked_whiten, sequence_sum_mean,
 )
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
 
@@ -22,6 +25,8 @@ __all__ = ["PPO", "PPOConfig", "ppo_clip_loss"]
 
 @dataclass
 class PPOConfig(AgentConfig):
+    """PPO's settings; each field is validated in ``__post_init__``."""
+
     lr: float = 1e-4
     """Adam learning rate, > 0."""
     clip_eps: float = 0.2
@@ -60,14 +65,18 @@ class PPOConfig(AgentConfig):
 def ppo_clip_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float
 ) -> torch.Tensor:
-    """Token-mean of ``−min(ρA, clip(ρ, 1−ε, 1+ε)A)``; zero gradient wherever the clip binds."""
+    """``−min(ρA, clip(ρ, 1−ε, 1+ε)A)`` summed over each sequence, averaged over sequences; zero
+    gradient wherever the clip binds."""
     ratio = (logprobs - old_logprobs).exp()  # (B, T)
     unclipped = ratio * advantages  # (B, T)
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages  # (B, T)
-    return -masked_mean(torch.minimum(unclipped, clipped), mask)
+    return -sequence_sum_mean(torch.minimum(unclipped, clipped), mask)
 
 
 class PPO(Agent):
+    """PPO-clip with GAE and a value head on the policy's trunk; KL to π_ref comes from the env's
+    KL-shaped reward (InstructGPT style), not from the loss."""
+
     config_class = PPOConfig
     needs_values = True
 
@@ -96,11 +105,12 @@ class PPO(Agent):
                     mb_old_values = rollout.values[mb]
                     clipped_values = mb_old_values + (scored.values - mb_old_values).clamp(-c.value_clip, c.value_clip)
                     value_error = torch.maximum(value_error, (clipped_values - b_returns[mb]) ** 2)
-                value_loss = 0.5 * masked_mean(value_error, mb_mask)
-                entropy = masked_mean(scored.entropy, mb_mask)
+                value_loss = 0.5 * sequence_sum_mean(value_error, mb_mask)
+                entropy = sequence_sum_mean(scored.entropy, mb_mask)
                 self.optimizer_step(pg_loss + c.value_coef * value_loss - c.entropy_coef * entropy)
                 approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[mb], mb_mask, c.clip_eps)
-                for key, value in zip(stats, (pg_loss, value_loss, entropy, approx_kl, clipfrac)):
+                token_entropy = masked_mean(scored.entropy.detach(), mb_mask)  # logged per token
+                for key, value in zip(stats, (pg_loss, value_loss, token_entropy, approx_kl, clipfrac)):
                     stats[key].append(float(value.detach()))
             if c.target_kl is not None and stats["approx_kl"][-1] > 1.5 * c.target_kl:
                 break  # early stop (cleanrl uses the same test per minibatch; we check per epoch)

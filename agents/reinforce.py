@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from tokengym.agents.advantages import (
-    MovingAverageBaseline, discounted_returns, leave_one_out_baseline, masked_mean,
+    MovingAverageBaseline, discounted_returns, leave_one_out_baseline, masked_mean, sequence_sum_mean,
 )
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
 
@@ -41,8 +41,17 @@ class REINFORCEConfig(AgentConfig):
 
 
 class REINFORCE(Agent):
-    """Monte-Carlo policy gradient. The loss sums over a sequence's tokens and averages over
-    sequences, so its gradient is the textbook estimator of ``∇E[Σ_t γ^t r_t]`` (for γ = 1)."""
+    """Monte-Carlo policy gradient with reward-to-go and an optional baseline.
+
+    Loss: ``−mean_b Σ_t log π_θ(a_t|s_t) (G_t − b) − c_H · mean_b Σ_t H_t``, summed over each
+    sequence's tokens and averaged over sequences (the convention of ``agents/advantages.py``), so
+    the gradient is the textbook estimator of ``∇E[Σ_t γ^t r_t]`` (for γ = 1).
+
+    Baselines (never a function of the row's own sample, so the estimate stays unbiased):
+    ``"moving-average"`` (an EMA of earlier batches' returns), ``"leave-one-out"`` (RLOO: the mean
+    *episode return* of the other G−1 samples of the same prompt, subtracted at every step of the
+    episode), or ``"none"``.
+    """
 
     config_class = REINFORCEConfig
 
@@ -51,12 +60,12 @@ class REINFORCE(Agent):
         self.moving_average = MovingAverageBaseline(self.config.baseline_momentum)
 
     def baseline(self, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) baseline for the reward-to-go ``returns``; never depends on the row's own sample."""
+        """(B, T) baseline for the reward-to-go ``returns`` (B, T); never depends on the row's own sample."""
         if self.config.baseline == "moving-average":
             return self.moving_average.update(returns[mask]).expand_as(returns)
         if self.config.baseline == "leave-one-out":
-            per_step = [leave_one_out_baseline(returns[:, t], self.config.group_size) for t in range(returns.shape[1])]
-            return torch.stack(per_step, dim=1)  # (B, T)
+            episode_returns = returns[:, 0]  # (B,) G_0, the whole episode's (discounted) return
+            return leave_one_out_baseline(episode_returns, self.config.group_size)[:, None].expand_as(returns)
         return torch.zeros_like(returns)
 
     def loss(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
@@ -65,10 +74,10 @@ class REINFORCE(Agent):
         returns = discounted_returns(rollout.rewards, mask, self.config.gamma)  # (B, T)
         advantages = torch.where(mask, returns - self.baseline(returns, mask), 0.0)  # (B, T)
         scored = self.policy.score(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        pg_loss = -(scored.logprobs * advantages * mask).sum(-1).mean()
-        entropy = masked_mean(scored.entropy, mask)
+        pg_loss = -sequence_sum_mean(scored.logprobs * advantages, mask)
+        entropy = sequence_sum_mean(scored.entropy, mask)
         loss = pg_loss - self.config.entropy_coef * entropy
-        return loss, {"pg_loss": float(pg_loss.detach()), "entropy": float(entropy.detach())}
+        return loss, {"pg_loss": float(pg_loss.detach()), "entropy": float(masked_mean(scored.entropy.detach(), mask))}
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         loss, stats = self.loss(rollout)

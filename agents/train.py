@@ -55,7 +55,7 @@ def train(
     import gymnasium as gym
     from tqdm.auto import tqdm
 
-    import tokengym  # noqa: F401  (registers the envs)
+    import tokengym.envs  # noqa: F401  (registers the envs)
     from tokengym.agents import AGENTS
 
     if agent not in AGENTS:

@@ -95,7 +95,7 @@ class ZeroReward:
 def build_model(name: str, *, quick: bool, device: str, bf16: bool) -> torch.nn.Module:
     """The benchmark's model ``name`` in eval mode, no gradients, EOS-free ``generate``."""
     if name == "embedded":
-        from tokengym.envs.loading import load_causal_lm
+        from tokengym.lm.loading import load_causal_lm
 
         model = load_causal_lm("embedded")
     elif name == "gpt2-small-random":
@@ -133,7 +133,7 @@ def _sync(device: str) -> None:
 
 
 def _vocab(model: torch.nn.Module) -> int:
-    from tokengym.envs.loading import vocab_width
+    from tokengym.lm.loading import vocab_width
 
     return vocab_width(model)
 
@@ -289,8 +289,8 @@ def measure_cost_growth(model, sizes: Sizes, device: str) -> dict[str, Any]:
     """Seconds per generated token at each context, batch 1: ``CachedLM.step`` (the cache
     holds the context) against one full forward over the whole context (no cache). Contexts
     beyond the model's positions are left out."""
-    from tokengym.envs.cached_lm import CachedLM
-    from tokengym.envs.loading import max_positions
+    from tokengym.lm.cached_lm import CachedLM
+    from tokengym.lm.loading import max_positions
 
     limit = max_positions(model.config) or max(sizes.contexts)
     contexts = [c for c in sizes.contexts if c <= limit]

@@ -304,7 +304,7 @@ class Suite:
     """One line for results.md."""
 
     def __post_init__(self):
-        import tokengym  # noqa: F401  (registers the envs)
+        import tokengym.envs  # noqa: F401  (registers the envs)
         from tokengym.agents import AGENTS
         from tokengym.envs import registered_envs
 
@@ -553,7 +553,7 @@ def _attach_side_scores(env, names: Sequence[str]) -> SideScores | None:
     task = env.task
     extra = {
         name: make_reward(name, task_scorer=task.scorer() if task.scorer else None, fine_grained=task.fine_grained,
-                          tokenizer=env.tokenizer, device=env.device)
+                          tokenizer=env.tokenizer)
         for name in names
     }
     env.reward = SideScores(env.reward, extra)
@@ -619,7 +619,7 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
     import gymnasium as gym
     import torch
 
-    import tokengym  # noqa: F401  (registers the envs)
+    import tokengym.envs  # noqa: F401  (registers the envs)
     from tokengym.agents import AGENTS
 
     s = cell.settings

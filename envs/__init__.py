@@ -7,7 +7,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 from tokengym.envs import calibration
-from tokengym.envs.loading import (
+from tokengym.lm.loading import (
     EMBEDDED_MODEL_DIR, load_causal_lm, load_tokenizer, register_builtin, vocab_width,
 )
 from tokengym.envs.tasks import TASKS, Task, get_task, register_task

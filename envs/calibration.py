@@ -70,13 +70,16 @@ def all_sequences() -> torch.Tensor:
 
 
 @torch.no_grad()
-def sequence_logprobs(model: torch.nn.Module, sequences: torch.Tensor | None = None) -> torch.Tensor:
-    """(N,) log π(y) of each 3-token response after the prompt [0], by teacher forcing."""
+def sequence_logprobs(
+    model: torch.nn.Module, sequences: torch.Tensor | None = None, temperature: float = 1.0
+) -> torch.Tensor:
+    """(N,) log π_τ(y) of each 3-token response after the prompt [0], by teacher forcing, where
+    ``π_τ = softmax(logits / temperature)`` is the distribution a sampler at that temperature draws from."""
     sequences = all_sequences() if sequences is None else sequences
     device = next(model.parameters()).device
     sequences = sequences.to(device)
     input_ids = torch.cat([torch.zeros_like(sequences[:, :1]), sequences], dim=1)  # (N, 4)
-    logits = model(input_ids=input_ids).logits[:, :-1].float()  # (N, 3, V)
+    logits = model(input_ids=input_ids).logits[:, :-1].float() / temperature  # (N, 3, V)
     logprobs = torch.log_softmax(logits, -1).gather(-1, sequences[..., None])[..., 0]  # (N, 3)
     return logprobs.sum(-1)
 

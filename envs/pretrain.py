@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .loading import EMBEDDED_MODEL_DIR
+from tokengym.lm.loading import EMBEDDED_MODEL_DIR
 
 EOS_TOKEN = "<|endoftext|>"
 

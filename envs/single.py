@@ -42,8 +42,10 @@ class TokenEnv(gym.Env):
 
     ## Episode End
 
-    ``terminated`` on a stop token, ``truncated`` after ``max_new_tokens`` actions. Stepping after
-    the end raises until ``reset``.
+    ``terminated`` on a stop token and on the ``max_new_tokens``-th action: the limit is this
+    finite-horizon MDP's horizon, so stable-baselines3 and other agents must not bootstrap past
+    it. ``truncated`` is always False; ``info["hit_max_new_tokens"]`` says whether the episode was
+    cut by the limit rather than stopped. Stepping after the end raises until ``reset``.
 
     ## Arguments
 
@@ -101,7 +103,8 @@ class TokenEnv(gym.Env):
         terminated, truncated = bool(terminated[0]), bool(truncated[0])
         self._episode_over = terminated or truncated
         components = {k: float(v[0]) for k, v in info["reward_components"].items()}
-        return self._numpy(observation), float(reward[0]), terminated, truncated, {"reward_components": components}
+        info = {"reward_components": components, "hit_max_new_tokens": bool(info["hit_max_new_tokens"][0])}
+        return self._numpy(observation), float(reward[0]), terminated, truncated, info
 
     def render(self):
         texts = self.vector_env.render()

@@ -1,7 +1,6 @@
 """The token-level MDP as a native batched Gymnasium ``VectorEnv`` that lives on a torch device."""
 from __future__ import annotations
 
-import copy
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -10,10 +9,13 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from tokengym.envs.loading import load_model_config, load_tokenizer, max_positions, vocab_width
-from tokengym.envs.records import load_prompt_records
 from tokengym.envs.tasks import Task, get_task
-from tokengym.rewards.base import EpisodeStart, Reward, StepBatch, as_components
+from tokengym.lm.loading import load_model_config, load_tokenizer, max_positions, vocab_width
+from tokengym.lm.reference import IncrementalLogprobs, Reference, frozen_copy
+from tokengym.lm.sampling import SamplingConfig
+from tokengym.rewards import make_reward
+from tokengym.rewards.base import EpisodeStart, Reward, StepBatch, as_components, reference_request
+from tokengym.envs.records import load_prompt_records
 from tokengym.rewards.trl import is_conversation
 
 __all__ = ["TokenVectorEnv"]
@@ -72,6 +74,14 @@ class TokenVectorEnv(VectorEnv):
     ``env.step(actions, logprobs=logprobs)``. A KL-shaped reward uses it instead of running the
     policy again; without it, the KL-shaped reward needs a policy model bound explicitly.
 
+    **The reference model and the temperature.** The env owns the run's one π_ref
+    (:attr:`reference`, a :class:`~tokengym.lm.reference.Reference`) and its one
+    :attr:`sampling` config (temperature, top-k, top-p). When the reward needs per-token
+    ``log π_ref`` (a KL-shaped reward), the env steps π_ref once per action through its own KV
+    cache, hands the numbers to the reward (``StepBatch.ref_logprobs``) and returns them as
+    ``info["ref_logprobs"]`` ((B,), 0 on rows that did not act), so an agent trains and logs on
+    exactly the numbers the penalty used. Every log-prob is ``log_softmax(logits / temperature)``.
+
     ## Starting State
 
     ``reset`` draws ``num_envs`` prompts from the task's prompt source with ``self.np_random``.
@@ -85,7 +95,13 @@ class TokenVectorEnv(VectorEnv):
     ## Episode End
 
     A row is ``terminated`` when its action is a stop token (EOS by default; ``stop_token_ids``
-    configures it, an empty list disables it) and ``truncated`` after ``max_new_tokens`` actions.
+    configures it, an empty list disables it) or when it is the row's ``max_new_tokens``-th action.
+    Both end the MDP: ``max_new_tokens`` is the horizon of this finite-horizon MDP, not a time limit
+    on an endless task, and the observation encodes the step (the mask counts the tokens), so the
+    value after the last step is 0. Reporting the limit as ``terminated`` keeps third-party agents
+    (stable-baselines3 included) from bootstrapping ``γ·V(s_T)`` past it. ``truncated`` is always
+    False; ``info["hit_max_new_tokens"]`` ((B,) bool) tells a row cut by the limit from one that
+    stopped.
 
     Autoreset (``metadata["autoreset_mode"]``):
 
@@ -115,6 +131,12 @@ class TokenVectorEnv(VectorEnv):
       ``"fine-grained+kl"``, see ``tokengym.rewards.make_reward``), or TRL reward function(s).
       ``reward_kwargs`` go to it (``weights``, ``none_value`` for functions).
     * ``max_new_tokens`` (T), ``max_prompt_tokens`` (P, default: longest prompt).
+    * ``temperature``, ``top_k``, ``top_p``: the sampling distribution (see
+      :class:`~tokengym.lm.sampling.SamplingConfig`); agents read :attr:`sampling` from the env, and
+      π_ref is scored at this temperature.
+    * ``ref_model``: π_ref (a name, directory or module). Default: the one a KL-shaped reward
+      names, else the policy's starting weights (the model name, or a frozen copy of a model
+      instance taken when π_ref is first needed).
     * ``device``: where every tensor lives. ``check_actions``: range-check actions each step (a
       host read on CUDA; our own agents never emit out-of-range ids and may switch it off).
     * ``copy_observations``: return copies (default) rather than views of the live buffers.
@@ -128,8 +150,8 @@ class TokenVectorEnv(VectorEnv):
     (torch.Size([4, 4]), Discrete(8))
     >>> for t in (1, 2, 3):
     ...     obs, reward, terminated, truncated, info = envs.step(torch.full((4,), t))
-    >>> reward.tolist(), truncated.tolist()
-    ([3.0, 3.0, 3.0, 3.0], [True, True, True, True])
+    >>> reward.tolist(), terminated.tolist(), info["hit_max_new_tokens"].tolist()
+    ([3.0, 3.0, 3.0, 3.0], [True, True, True, True], [True, True, True, True])
 
     ## Version History
 
@@ -151,6 +173,10 @@ class TokenVectorEnv(VectorEnv):
         max_new_tokens: int | None = None,
         max_prompt_tokens: int | None = None,
         stop_token_ids: Sequence[int] | str | None = "eos",
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        ref_model: Any = None,
         device: str | torch.device = "cpu",
         autoreset_mode: str | AutoresetMode = "disabled",
         check_actions: bool = True,
@@ -168,6 +194,7 @@ class TokenVectorEnv(VectorEnv):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.task = task
+        self.sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.render_mode = render_mode
@@ -231,23 +258,25 @@ class TokenVectorEnv(VectorEnv):
         self.single_action_space = spaces.Discrete(V)
         self.action_space = spaces.MultiDiscrete([V] * num_envs)
 
-        # Reward. π_ref defaults to the policy's starting weights: the model name, or a frozen copy
-        # of a model instance (an agent may train that very instance in place).
-        from tokengym.rewards import make_reward
-
-        reference = self.model
-        if isinstance(reference, torch.nn.Module):  # copied only if a KL-shaped reward loads it
-            instance = reference
-            reference = lambda: copy.deepcopy(instance).eval().requires_grad_(False)  # noqa: E731
+        # Reward, and the one π_ref of the run.
         self.reward = make_reward(
             reward if reward is not None else task.reward,
             task_scorer=task.scorer() if task.scorer is not None else None,
             fine_grained=task.fine_grained,
             tokenizer=tokenizer,
-            model_name=reference,
-            device=self.device,
             **(reward_kwargs or {}),
         )
+        self.steps_reference, requested = reference_request(self.reward)
+        if ref_model is not None and requested is not None and ref_model is not requested and ref_model != requested:
+            raise ValueError(
+                f"ref_model={ref_model!r} differs from the reward's ref_model={requested!r}; a run has one π_ref"
+            )
+        self._ref_source = ref_model if ref_model is not None else requested
+        self._reference: Reference | None = None
+        self._ref_stepper: IncrementalLogprobs | None = None
+        self._trust_remote_code = trust_remote_code
+        if self.steps_reference:
+            self.reference  # load now: a bad name fails here, and a model instance is copied untrained
 
         # Device buffers, preallocated once.
         B = num_envs
@@ -263,6 +292,34 @@ class TokenVectorEnv(VectorEnv):
         self._row_columns: dict[str, tuple] = {}  # column -> B values; replaced, never mutated
         self._needs_reset = True
         self._steps_since_reset = 0
+
+    # ------------------------------------------------------------------ reference
+    @property
+    def reference(self) -> Reference:
+        """π_ref, built once on first use: ``ref_model`` if given, else the policy's starting weights."""
+        if self._reference is None:
+            source = self._ref_source if self._ref_source is not None else self.model
+            if source is self.model and isinstance(source, torch.nn.Module):
+                source = frozen_copy(source)  # an agent may train the env's model instance in place
+            self._reference = Reference.load(
+                source, temperature=self.sampling.temperature, device=self.device,
+                trust_remote_code=self._trust_remote_code,
+            )
+        return self._reference
+
+    def set_reference(self, reference: Reference) -> None:
+        """Use ``reference`` as π_ref (e.g. a LoRA policy's base with adapters disabled).
+
+        Its temperature must be the env's: a penalty and a ratio at different temperatures would
+        compare different distributions. Takes effect at the next ``reset``.
+        """
+        if reference.temperature != self.sampling.temperature:
+            raise ValueError(
+                f"the reference is scored at temperature {reference.temperature}, the env samples at "
+                f"{self.sampling.temperature}; they must agree"
+            )
+        self._reference, self._ref_stepper = reference, None
+        self._needs_reset = True
 
     # ------------------------------------------------------------------ prompts
     def _encode_prompts(self, prompts) -> list[list[int]]:
@@ -365,6 +422,13 @@ class TokenVectorEnv(VectorEnv):
         self._set_row_data(row_list, raw, columns)
         start_mask = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         start_mask[rows] = True
+        if self.steps_reference:
+            if self._ref_stepper is None:
+                self._ref_stepper = self.reference.stepper()
+            if len(row_list) == self.num_envs:
+                self._ref_stepper.start(self._input_ids[:, :P], self._attention_bool[:, :P])
+            else:  # a partial reset cannot restart rows of a shared cache: re-prefill on the next step
+                self._ref_stepper.invalidate()
         self.reward.reset(
             EpisodeStart(
                 prompt_ids=self._input_ids[:, :P],
@@ -375,6 +439,7 @@ class TokenVectorEnv(VectorEnv):
                 tokenizer=self.tokenizer,
                 prompts=self._row_prompts,
                 columns=self._row_columns,
+                temperature=self.sampling.temperature,
             )
         )
 
@@ -438,13 +503,22 @@ class TokenVectorEnv(VectorEnv):
             self._attention_bool.scatter_(1, columns, acted[:, None])
         self._response_lengths += acted
         if self.stop_token_ids:
-            terminated = acted & torch.isin(actions, self._stop_ids)  # (B,)
+            stopped = acted & torch.isin(actions, self._stop_ids)  # (B,)
         else:
-            terminated = torch.zeros_like(acted)  # (B,)
-        truncated = acted & ~terminated & (self._response_lengths >= T)  # (B,)
-        ended = terminated | truncated
+            stopped = torch.zeros_like(acted)  # (B,)
+        hit_limit = acted & ~stopped & (self._response_lengths >= T)  # (B,) the horizon, not a time limit
+        terminated = stopped | hit_limit  # (B,) both end the MDP (see Episode End)
+        truncated = torch.zeros_like(terminated)  # (B,)
+        ended = terminated
         self._alive &= ~ended
         self._steps_since_reset += 1
+
+        ref_logprobs = None
+        if self.steps_reference:
+            ref_logprobs = self._ref_stepper(
+                self._input_ids, self._attention_bool, P, self._response_lengths, actions, acted
+            )  # (B,)
+            ref_logprobs = torch.where(acted, ref_logprobs, 0.0)
 
         components = as_components(
             self.reward(
@@ -462,6 +536,7 @@ class TokenVectorEnv(VectorEnv):
                     prompts=self._row_prompts,
                     columns=self._row_columns,
                     synchronous=self.metadata["autoreset_mode"] == AutoresetMode.DISABLED,
+                    ref_logprobs=ref_logprobs,
                 )
             )
         )
@@ -480,8 +555,11 @@ class TokenVectorEnv(VectorEnv):
         info: dict[str, Any] = {
             "reward_components": dict(self._component_totals),
             "late_rewards": late_rewards,
+            "hit_max_new_tokens": hit_limit,
             "columns": self._row_columns,
         }
+        if ref_logprobs is not None:
+            info["ref_logprobs"] = ref_logprobs
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
             observation, info = self._autoreset(ended, observation, info)
         return observation, rewards, terminated, truncated, info

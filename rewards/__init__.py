@@ -1,10 +1,13 @@
 """tokengym.rewards: the reward protocol, holistic / fine-grained / KL-shaped rewards, offline
 scorers, composition, and reward-model training."""
-from tokengym.rewards.base import EpisodeStart, Reward, RewardOutput, StepBatch, as_components, check_scores
+from tokengym.lm.kl import ESTIMATORS, kl_estimate
+from tokengym.rewards.base import (
+    EpisodeStart, Reward, RewardOutput, StepBatch, as_components, check_scores, reference_request,
+)
 from tokengym.rewards.compose import REWARD_NAMES, WeightedSum, make_reward, reward_options
 from tokengym.rewards.fine_grained import FineGrained
 from tokengym.rewards.holistic import Holistic
-from tokengym.rewards.kl import ESTIMATORS, AdaptiveKL, KLShaped, kl_estimate
+from tokengym.rewards.kl import AdaptiveKL, KLShaped
 from tokengym.rewards.reward_model import (
     Log, LogSigmoid, NegPower, Power, PromptAware, load_pairs_jsonl, make_utility, preference_loss,
     reward_collapse_experiment, synthetic_pairs, train_reward_model,
@@ -23,5 +26,5 @@ __all__ = [
     "Sentence", "SequenceClassifierScorer", "StepBatch", "SubSentence", "TRLReward", "TRLRewardFunction", "TokenScorer",
     "TokenSegmenter", "VaderSentiment", "WeightedSum", "as_components", "check_scores", "get_segmenter",
     "kl_estimate", "load_pairs_jsonl", "make_reward", "make_utility", "preference_loss",
-    "reward_collapse_experiment", "reward_options", "score_texts", "score_tokens", "synthetic_pairs", "train_reward_model",
+    "reference_request", "reward_collapse_experiment", "reward_options", "score_texts", "score_tokens", "synthetic_pairs", "train_reward_model",
 ]

@@ -32,7 +32,9 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
-__all__ = ["EpisodeStart", "StepBatch", "Reward", "RewardOutput", "as_components", "check_scores"]
+__all__ = [
+    "EpisodeStart", "StepBatch", "Reward", "RewardOutput", "as_components", "check_scores", "reference_request",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class EpisodeStart:
     """B prompts as the dataset gave them: strings, token-id lists or chat messages."""
     columns: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     """The prompt dataset's extra columns, each a B-long sequence aligned with the rows."""
+    temperature: float = 1.0
+    """The env's sampling temperature τ: every log-prob compared with the policy's is taken at τ."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class StepBatch:
     """True when episodes are batch-synchronous (``autoreset_mode="disabled"``): rows that end wait
     until the whole batch resets, so a reward may score all B episodes once, on the step the last
     one ends, and pay the rows that ended earlier late. False when rows restart as they end."""
+    ref_logprobs: torch.Tensor | None = None
+    """(B,) float log π_ref(a_t|s_t) at the env's temperature, from the env's one reference model.
+
+    Filled when the reward declares ``needs_reference`` (see :func:`reference_request`); ``None``
+    otherwise."""
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -121,6 +130,27 @@ class Reward(Protocol):
 
     def __call__(self, step: StepBatch) -> RewardOutput:
         """This step's rewards, (B,) float on the env's device, or a dict of named components."""
+
+
+def reference_request(reward: Any) -> tuple[bool, Any]:
+    """``(needed, ref_model)``: whether ``reward`` needs per-token ``log π_ref`` from the env, and
+    the π_ref it names (``None``: the env's default, the policy's starting weights).
+
+    A reward declares the need with ``needs_reference = True`` and may name a model in
+    ``ref_model``; a composite reward (one with ``children()``) needs it if any child does, and
+    its children must not name different models.
+    """
+    children = reward.children() if hasattr(reward, "children") else ()
+    needed = bool(getattr(reward, "needs_reference", False))
+    named = [getattr(reward, "ref_model", None)] if needed else []
+    for child in children:
+        child_needed, child_model = reference_request(child)
+        needed |= child_needed
+        named.append(child_model)
+    named = [m for m in named if m is not None]
+    if any(m is not named[0] and m != named[0] for m in named[1:]):
+        raise ValueError(f"the reward's components name different reference models {named}; a run has one π_ref")
+    return needed, (named[0] if named else None)
 
 
 def as_components(output: RewardOutput, name: str = "reward") -> dict[str, torch.Tensor]:

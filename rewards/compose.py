@@ -1,7 +1,6 @@
 """Composition (a weighted sum of rewards) and the name registry the env uses for ``reward=``."""
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Mapping
 
 import torch
@@ -28,11 +27,9 @@ class WeightedSum:
             raise ValueError("WeightedSum needs at least one (weight, reward)")
         self.rewards = {name: (float(weight), reward) for name, (weight, reward) in rewards.items()}
 
-    def bind(self, model_name: str | os.PathLike | None = None, device: str | torch.device | None = None) -> "WeightedSum":
-        for _, reward in self.rewards.values():
-            if hasattr(reward, "bind"):
-                reward.bind(model_name, device)
-        return self
+    def children(self) -> list[Any]:
+        """The wrapped rewards (for :func:`~tokengym.rewards.base.reference_request`)."""
+        return [reward for _, reward in self.rewards.values()]
 
     def reset(self, episodes: EpisodeStart) -> None:
         for _, reward in self.rewards.values():
@@ -52,7 +49,7 @@ class WeightedSum:
 
 REWARD_NAMES = ("holistic", "fine-grained", "kl-shaped", "fine-grained+kl")
 
-_KL_OPTIONS = {"beta", "estimator", "ref_model", "policy_model", "temperature"}
+_KL_OPTIONS = {"beta", "estimator", "ref_model", "policy_model"}
 _FG_OPTIONS = {"segment_scorer", "segmenter"}
 _TRL_OPTIONS = {"weights", "none_value"}
 _OPTIONS = {
@@ -82,8 +79,6 @@ def make_reward(
     task_scorer: Any = None,
     fine_grained: Callable[[], Any] | None = None,
     tokenizer: Any = None,
-    model_name: str | os.PathLike | torch.nn.Module | None = None,
-    device: str | torch.device | None = None,
     **options: Any,
 ) -> Any:
     """The reward object for ``reward``: a name, a reward object (returned as is), or TRL reward
@@ -102,15 +97,14 @@ def make_reward(
       options ``segment_scorer`` / ``segmenter`` are given,
       ``FineGrained([(segment_scorer or task_scorer, segmenter or "sentence", 1.0)])``.
     * ``"kl-shaped"``: ``KLShaped(Holistic(task_scorer))``; options ``beta`` (default 0.05 or an
-      :class:`~tokengym.rewards.kl.AdaptiveKL`), ``estimator``, ``ref_model``, ``policy_model``,
-      ``temperature``.
+      :class:`~tokengym.rewards.kl.AdaptiveKL`), ``estimator`` (``"k1"`` only), ``ref_model``,
+      ``policy_model``. The temperature is the env's.
     * ``"fine-grained+kl"``: KL shaping around the fine-grained reward; both option sets.
 
     The task supplies ``task_scorer`` (its holistic scorer, text or token) and optionally
     ``fine_grained`` (a builder of its fine-grained reward). ``tokenizer`` is only checked: text
-    rewards need one. ``model_name`` (the env's policy model: a name, or a frozen module) and
-    ``device`` go to the reward's ``bind`` (objects included), so π_ref defaults to the policy's
-    starting weights and loads now.
+    rewards need one. π_ref is not loaded here: the env owns it (see
+    :func:`~tokengym.rewards.base.reference_request`).
     """
     if not isinstance(reward, str) and _is_reward_function(reward):
         unknown = set(options) - _TRL_OPTIONS
@@ -127,8 +121,6 @@ def make_reward(
             )
         if options:
             raise TypeError(f"options {sorted(options)} apply to reward names only, not to a reward object")
-        if hasattr(reward, "bind"):
-            reward.bind(model_name, device)
         return reward
     if reward not in _OPTIONS:
         raise ValueError(f"unknown reward {reward!r}; valid names: {', '.join(REWARD_NAMES)}, or a reward object")
@@ -154,5 +146,5 @@ def make_reward(
             base = FineGrained([(scorer, options.get("segmenter", "sentence"), 1.0)])
     if reward in ("kl-shaped", "fine-grained+kl"):
         kl = {k: options[k] for k in _KL_OPTIONS & set(options)}
-        return KLShaped(base, **kl).bind(model_name, device)
+        return KLShaped(base, **kl)
     return base

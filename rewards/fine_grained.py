@@ -1,4 +1,4 @@
-"""Fine-grained reward (Wu et al. 2023; DESIGN.md §2; seed 003).
+"""Fine-grained reward (Wu et al. 2023; docs/rewards.md; seed 003).
 
 ``K`` scorers, each with a segmenter and a weight; segment ``j`` of model ``k`` ends at step
 ``T_j^k``::
@@ -26,9 +26,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .base import EpisodeStart, StepBatch
-from .scorers import is_token_scorer, score_texts, scorer_name
-from .segmenters import Segmenter, decode_response, get_segmenter
+from tokengym.rewards.base import EpisodeStart, StepBatch
+from tokengym.rewards.scorers import is_token_scorer, score_texts, scorer_name
+from tokengym.rewards.segmenters import Segmenter, decode_response, get_segmenter
 
 __all__ = ["FineGrained"]
 

@@ -1,12 +1,12 @@
-"""Holistic reward (DESIGN.md §2; seed 003): ``r_t = R(x, y)`` if ``t = T`` else ``0``."""
+"""Holistic reward (docs/rewards.md; seed 003): ``r_t = R(x, y)`` if ``t = T`` else ``0``."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 
-from .base import EpisodeStart, StepBatch
-from .scorers import is_token_scorer, score_texts, score_tokens, scorer_name
+from tokengym.rewards.base import EpisodeStart, StepBatch
+from tokengym.rewards.scorers import is_token_scorer, score_texts, score_tokens, scorer_name
 
 __all__ = ["Holistic"]
 

@@ -1,4 +1,4 @@
-"""Reward-model training from preferences (DESIGN.md §2; seeds 001, 002, 003).
+"""Reward-model training from preferences (docs/rewards.md; seeds 001, 002, 003).
 
 A reward model is a Hugging Face ``AutoModelForSequenceClassification`` with one label, initialised
 from a causal LM, trained on ``(prompt, chosen, rejected)`` triples to maximise
@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .scorers import VaderSentiment, encode_texts, model_max_length, prepare_pad_token, score_texts
+from tokengym.rewards.scorers import VaderSentiment, encode_texts, model_max_length, prepare_pad_token, score_texts
 
 __all__ = [
     "LogSigmoid",
@@ -319,7 +319,7 @@ def _load_classifier(base_model: Any, tokenizer: Any, device: torch.device):
     else:
         from transformers import AutoModelForSequenceClassification
 
-        from tokengym.envs.loading import load_tokenizer, resolve_model_name
+        from tokengym.lm.loading import load_tokenizer, resolve_model_name
 
         path = resolve_model_name(base_model)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)

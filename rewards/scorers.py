@@ -402,7 +402,7 @@ def prepare_pad_token(model: torch.nn.Module, tokenizer: Any) -> int:
 
 
 def model_max_length(model: torch.nn.Module, cap: int = 1024) -> int:
-    from tokengym.envs.loading import max_positions
+    from tokengym.lm.loading import max_positions
 
     return min(cap, max_positions(model.config) or cap)
 
@@ -424,7 +424,7 @@ class SequenceClassifierScorer:
         batch_size: int = 32,
         name: str | None = None,
     ):
-        from tokengym.envs.loading import load_tokenizer, resolve_model_name
+        from tokengym.lm.loading import load_tokenizer, resolve_model_name
 
         if isinstance(model, torch.nn.Module):
             if tokenizer is None:

@@ -1,4 +1,4 @@
-"""Segmenters: where the segments of a fine-grained reward end (Wu et al. 2023; DESIGN.md §2).
+"""Segmenters: where the segments of a fine-grained reward end (Wu et al. 2023; docs/rewards.md).
 
 A segmenter maps one row's response (token ids + tokenizer) to the token indices ``T_1 < T_2 < …``
 that close its segments::
@@ -31,6 +31,7 @@ and must report only segments that are closed (never the unfinished tail).
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Sequence
 
 import torch
@@ -55,15 +56,15 @@ def decode_response(tokenizer: Any, token_ids: Sequence[int]) -> str:
     return tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-class Segmenter:
+class Segmenter(abc.ABC):
     """Base class. Subclasses implement the offline map (``__call__``) and the online pieces the
     fine-grained reward uses step by step (``prepare``, ``might_close``, ``new_segments``)."""
 
     name: str
 
+    @abc.abstractmethod
     def __call__(self, token_ids: Sequence[int], tokenizer: Any, final: bool = True) -> list[int]:
         """Token indices (0-based within the response) that close each segment."""
-        raise NotImplementedError
 
     def prepare(self, tokenizer: Any, device: torch.device) -> None:
         """Build per-tokenizer lookup tables (called at reset)."""
@@ -72,13 +73,13 @@ class Segmenter:
         """(B,) bool on device, conservative: False only where this step surely closes no segment."""
         return torch.ones_like(actions, dtype=torch.bool)
 
+    @abc.abstractmethod
     def new_segments(self, text: str, start: int, n_tokens: int, final: bool) -> list[tuple[int, int]]:
         """Character spans of the segments that close on this step.
 
         ``text`` is the decoded response so far (``n_tokens`` tokens, this step's included),
         ``start`` the end of the last closed segment; ``final`` whether this step ends the episode.
         """
-        raise NotImplementedError
 
 
 class FixedSpan(Segmenter):
@@ -124,9 +125,9 @@ class TextSegmenter(Segmenter):
         self._tables: dict[tuple[int, str], tuple[Any, torch.Tensor]] = {}
         self._table: torch.Tensor | None = None
 
+    @abc.abstractmethod
     def ends(self, text: str) -> list[int]:
         """Exclusive character end offsets of the closed segments of ``text``, increasing."""
-        raise NotImplementedError
 
     def _clean_ends(self, text: str, start: int = 0) -> list[int]:
         out, last = [], start

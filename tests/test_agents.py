@@ -30,14 +30,20 @@ def calibration_env(num_envs=16, **kwargs):
         (REINFORCEConfig, "lr", -1e-3, "lr"),
         (GRPOConfig, "group_size", 1, r"group_size must be an integer in \[2"),
         (GRPOConfig, "beta", -0.1, "beta"),
-        (GRPOConfig, "kl_estimator", "k4", "kl_estimator must be 'k1', 'k2' or 'k3'"),
+        (GRPOConfig, "kl_estimator", "k4", "kl_estimator must be one of k1, k2, k3"),
         (REINFORCEConfig, "baseline", "median", "baseline must be one of"),
-        (PPOConfig, "temperature", 0.0, "temperature"),
     ],
 )
 def test_invalid_configs_name_the_field(config_class, field, value, match):
     with pytest.raises(ValueError, match=match):
         config_class(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("temperature", 0.0), ("top_k", -1), ("top_p", 1.5)])
+def test_sampling_belongs_to_the_env_and_is_validated_there(field, value):
+    with pytest.raises(ValueError, match=field):
+        calibration_env(**{field: value})
+    assert not hasattr(PPOConfig(), field)  # one source of truth: agents read env.sampling
 
 
 def test_batch_must_be_divisible_by_the_group():
@@ -67,11 +73,11 @@ def test_ppo_clip_has_zero_gradient_exactly_where_clipped(sign):
     mask = torch.ones(1, 3, dtype=torch.bool)
     ppo_clip_loss(logprobs, old_logprobs, advantages, mask, eps).backward()
     grad = logprobs.grad[0]
-    # d/dlogρ of −ρA/3 is −ρA/3 where the unclipped term is active.
+    # The loss sums over the sequence's tokens: d/dlogρ of −ρA is −ρA where the unclipped term is active.
     # A > 0: clipped (zero grad) above 1+ε only; A < 0: clipped below 1−ε only.
     clipped = [False, sign > 0, sign < 0]
     for i, is_clipped in enumerate(clipped):
-        expected = 0.0 if is_clipped else -ratios[0, i].item() * sign / 3
+        expected = 0.0 if is_clipped else -ratios[0, i].item() * sign
         assert grad[i].item() == pytest.approx(expected, abs=1e-7), (i, sign)
 
 

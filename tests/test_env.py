@@ -96,6 +96,7 @@ def test_episode_layout_termination_and_zero_reward_after_the_end():
         totals += rewards
         late += info["late_rewards"]
         assert terminated.tolist() == expected and not truncated.any()
+        assert not info["hit_max_new_tokens"].any()  # every end here is a stop token
     # Row 1 acted once (eos) and then waited: zero reward, its later columns stay padding.
     assert obs["input_ids"][1, P:].tolist() == [eos, 0, 0, 0, 0]
     assert obs["attention_mask"][1, P:].tolist() == [1, 0, 0, 0, 0]
@@ -109,12 +110,15 @@ def test_episode_layout_termination_and_zero_reward_after_the_end():
     assert reward.steps[1].acted.tolist() == [True, False, True]
 
 
-def test_truncation_at_max_new_tokens_and_step_after_end_raises():
+def test_max_new_tokens_terminates_the_mdp_and_is_flagged_and_step_after_end_raises():
+    # The limit is the horizon of a finite-horizon MDP: `terminated`, never `truncated`, so no agent
+    # bootstraps past it; info["hit_max_new_tokens"] tells it apart from a stop token.
     envs = gym.make_vec("tokengym/Custom-v0", num_envs=2, **custom_kwargs(max_new_tokens=3))
     envs.reset(seed=1)
     for t in range(3):
-        _, _, terminated, truncated, _ = envs.step(np.array([5, 6]))
-        assert truncated.tolist() == [t == 2] * 2 and not terminated.any()
+        _, _, terminated, truncated, info = envs.step(np.array([5, 6]))
+        assert terminated.tolist() == [t == 2] * 2 and not truncated.any()
+        assert info["hit_max_new_tokens"].tolist() == [t == 2] * 2
     with pytest.raises(RuntimeError, match="call env.reset"):
         envs.step(np.array([5, 6]))
 
@@ -181,7 +185,8 @@ def test_same_step_autoreset_restarts_finished_rows():
     assert obs["attention_mask"][0, P:].sum() == 0  # row 0 already restarted
     assert info["final_info"]["reward_components"]["one"].tolist() == [1.0, 1.0]
     obs, rewards, terminated, truncated, info = envs.step(torch.tensor([7, 7]))
-    assert truncated.tolist() == [False, True] and rewards.tolist() == [8.0, 8.0]
+    assert terminated.tolist() == [False, True] and not truncated.any() and rewards.tolist() == [8.0, 8.0]
+    assert info["final_info"]["hit_max_new_tokens"].tolist() == [False, True]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,4 +1,4 @@
-"""KL estimators, the KL-shaped reward against teacher forcing, and the adaptive β controller."""
+"""KL estimators, the KL-shaped reward against teacher forcing, the env-owned reference, and the adaptive β."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,15 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tokengym.envs.cached_lm import positions_from_mask
+import gymnasium as gym
+
+import tokengym  # noqa: F401  (registers the envs)
+from tokengym.lm.cached_lm import positions_from_mask
+from tokengym.lm.kl import kl_estimate
+from tokengym.lm.reference import Reference
 from tokengym.rewards.base import EpisodeStart, StepBatch
 from tokengym.rewards.compose import WeightedSum, make_reward
-from tokengym.rewards.kl import AdaptiveKL, KLShaped, kl_estimate
+from tokengym.rewards.kl import AdaptiveKL, KLShaped
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,11 +116,26 @@ def test_kl_shaped_validates_beta_and_estimator():
         KLShaped(Zero(), estimator="kl")
 
 
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+def test_k2_and_k3_are_refused_in_a_reward_with_the_reason(estimator):
+    for build in (
+        lambda: KLShaped(Zero(), estimator=estimator),
+        lambda: make_reward("kl-shaped", task_scorer=lambda prompts, completions, **kw: [0.0] * len(completions),
+                            tokenizer=object(), estimator=estimator),
+        lambda: gym.make_vec("tokengym/Calibration-v0", num_envs=2, reward="kl-shaped",
+                             reward_kwargs={"estimator": estimator}),
+    ):
+        with pytest.raises(ValueError) as error:
+            build()
+        message = str(error.value)
+        assert f"estimator={estimator!r}" in message and "only for k1" in message and "kl_estimator" in message
+
+
 # ---------------------------------------------------------------------------------------------
 # KLShaped with a tiny GPT-2 policy and reference
 # ---------------------------------------------------------------------------------------------
 
-V, PAD, P_WIDTH, T = 24, 0, 5, 6
+V, PAD, STOP, P_WIDTH, T = 24, 0, 2, 5, 6
 
 
 def tiny_gpt2(seed: int) -> GPT2LMHeadModel:
@@ -152,11 +172,13 @@ def teacher_forced_logprobs(model, input_ids, mask, temperature=1.0) -> torch.Te
     return out
 
 
-class Env:
-    """A minimal env-like driver: left-padded prompts, right-padded responses, partial resets."""
+class Driver:
+    """A minimal env-like driver with partial resets that steps π_ref exactly as the env does
+    (through ``Reference.stepper()``) and hands the reward ``ref_logprobs``."""
 
-    def __init__(self, reward, batch: int):
+    def __init__(self, reward, batch: int, ref=None, temperature: float = 1.0):
         self.reward, self.batch = reward, batch
+        self.stepper = Reference(ref, temperature).stepper() if ref is not None else None
         self.ids = torch.full((batch, P_WIDTH + T), PAD, dtype=torch.long)
         self.mask = torch.zeros((batch, P_WIDTH + T), dtype=torch.bool)
         self.lengths = torch.zeros(batch, dtype=torch.long)
@@ -168,6 +190,11 @@ class Env:
             self.ids[b], self.mask[b], self.lengths[b] = PAD, False, 0
             self.ids[b, P_WIDTH - len(prompt) : P_WIDTH] = torch.tensor(prompt)
             self.mask[b, P_WIDTH - len(prompt) : P_WIDTH] = True
+        if self.stepper is not None:
+            if rows.all():
+                self.stepper.start(self.ids[:, :P_WIDTH], self.mask[:, :P_WIDTH])
+            else:
+                self.stepper.invalidate()
         self.reward.reset(EpisodeStart(self.ids[:, :P_WIDTH].clone(), self.mask[:, :P_WIDTH].clone(), [""] * self.batch, rows, T, None))
 
     def step(self, actions: torch.Tensor, acted: torch.Tensor, ended: torch.Tensor, logprobs=None):
@@ -176,13 +203,17 @@ class Env:
             self.ids[b, cols[b]] = actions[b]
             self.mask[b, cols[b]] = True
         self.lengths = self.lengths + acted.long()
-        step = StepBatch(self.ids.clone(), self.mask.clone(), P_WIDTH, self.lengths.clone(), torch.where(acted, actions, PAD),
-                         acted, ended, logprobs, [""] * self.batch, None)
+        actions = torch.where(acted, actions, PAD)
+        ref_logprobs = None
+        if self.stepper is not None:
+            ref_logprobs = self.stepper(self.ids, self.mask, P_WIDTH, self.lengths, actions, acted)
+        step = StepBatch(self.ids.clone(), self.mask.clone(), P_WIDTH, self.lengths.clone(), actions,
+                         acted, ended, logprobs, [""] * self.batch, None, ref_logprobs=ref_logprobs)
         return self.reward(step)
 
 
 PROMPTS = {0: [3, 4, 5], 1: [7, 8, 9, 10, 11], 2: [12]}
-RESPONSES = [[1, 2, 3, 4, 5, 6], [9, 9, 2], [5, 17, 23, 1]]  # ragged episode ends
+RESPONSES = [[3, 4, 5, 6, 7, 8], [9, 9, STOP], [5, 17, 23, STOP]]  # ragged: the limit, two stop tokens
 
 
 def full_sequences(prompts, responses):
@@ -194,63 +225,87 @@ def full_sequences(prompts, responses):
     return ids, mask
 
 
-def run_episode(reward, policy_logprobs=None):
-    """(T, B) kl_penalty per step (zero where a row did not act)."""
-    env = Env(reward, 3)
-    env.reset(PROMPTS)
-    penalties = []
+def make_env(policy, reward, **kwargs):
+    """The real env on token-id prompts, with the tiny ``policy`` as its model."""
+    return gym.make_vec("tokengym/Custom-v0", num_envs=3, model=policy, prompts=list(PROMPTS.values()),
+                        reward=reward, max_new_tokens=T, stop_token_ids=[STOP], **kwargs).unwrapped
+
+
+def run_env_episode(env, policy_logprobs=None):
+    """(T, B) kl_penalty and (T, B) info["ref_logprobs"] per step of the real env, on RESPONSES."""
+    env.reset(options={"prompts": list(PROMPTS.values())})
+    penalties, refs = [], []
     for t in range(T):
-        acted = torch.tensor([t < len(r) for r in RESPONSES])
-        ended = torch.tensor([t == len(r) - 1 for r in RESPONSES])
         actions = torch.tensor([r[t] if t < len(r) else PAD for r in RESPONSES])
         lp = None if policy_logprobs is None else policy_logprobs[:, P_WIDTH + t]
-        out = env.step(actions, acted, ended, lp)
-        assert set(out) == {"task", "kl_penalty"}
-        penalties.append(torch.where(acted, out["kl_penalty"], 0.0))
-    return torch.stack(penalties)
+        _, _, _, _, info = env.step(actions, logprobs=lp)
+        acted = torch.tensor([t < len(r) for r in RESPONSES])
+        penalties.append(torch.where(acted, info["reward_components"]["kl_penalty"] - sum(penalties, torch.zeros(3)), 0.0))
+        refs.append(info["ref_logprobs"])
+    return torch.stack(penalties), torch.stack(refs)
 
 
-@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
-def test_penalty_equals_minus_beta_k_from_teacher_forcing_without_policy_forward(estimator):
+def test_env_steps_the_reference_once_per_token_and_the_penalty_is_minus_beta_k1():
     policy, ref = tiny_gpt2(0), tiny_gpt2(1)
     ids, mask = full_sequences(list(PROMPTS.values()), RESPONSES)
     policy_lp, ref_lp = teacher_forced_logprobs(policy, ids, mask), teacher_forced_logprobs(ref, ids, mask)
     response_mask = mask[:, P_WIDTH:].T  # (T, B)
-    expected = -0.1 * kl_estimate(policy_lp[:, P_WIDTH:], ref_lp[:, P_WIDTH:], estimator).T * response_mask
+    expected = -0.1 * (policy_lp - ref_lp)[:, P_WIDTH:].T * response_mask
 
     calls = CountCalls(policy)
-    reward = KLShaped(Zero(), beta=0.1, estimator=estimator, ref_model=ref, policy_model=policy)
-    got = run_episode(reward, policy_logprobs=policy_lp)
-    assert calls.n == 0  # the agent's log-probs were used: no extra policy forward pass
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-    fallback = run_episode(KLShaped(Zero(), beta=0.1, estimator=estimator, ref_model=ref, policy_model=policy))
-    assert calls.n > 0
-    torch.testing.assert_close(fallback, expected, atol=1e-5, rtol=1e-5)
-
-    # the per-episode KL the controller sees: Σ_t k over each episode, averaged over episodes
-    per_episode = (expected.sum(0) / -0.1).mean().item()
-    assert reward.mean_episode_kl() == pytest.approx(per_episode, abs=1e-5)
-
-
-def test_reference_is_stepped_incrementally_and_temperature_is_applied():
-    policy, ref = tiny_gpt2(0), tiny_gpt2(1)
-    ids, mask = full_sequences(list(PROMPTS.values()), RESPONSES)
-    policy_lp = teacher_forced_logprobs(policy, ids, mask, temperature=0.7)
-    ref_lp = teacher_forced_logprobs(ref, ids, mask, temperature=0.7)
-    expected = -0.2 * (policy_lp - ref_lp)[:, P_WIDTH:].T * mask[:, P_WIDTH:].T
     widths = []
     ref.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
-    got = run_episode(KLShaped(Zero(), beta=0.2, ref_model=ref, temperature=0.7), policy_logprobs=policy_lp)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    reward = KLShaped(Zero(), beta=0.1, ref_model=ref)
+    env = make_env(policy, reward)
+    assert env.reference.model is ref  # the reward's ref_model is the env's one π_ref
+    got, ref_steps = run_env_episode(env, policy_logprobs=policy_lp)
+    assert calls.n == 0  # the agent's log-probs were used: the policy never runs in the env
     assert widths == [P_WIDTH] + [1] * T  # one prefill at reset, then one token per step
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref_steps, ref_lp[:, P_WIDTH:].T * response_mask, atol=1e-5, rtol=1e-5)
+    # the per-episode KL the controller sees: Σ_t k1 over each episode, averaged over episodes
+    assert reward.mean_episode_kl() == pytest.approx((expected.sum(0) / -0.1).mean().item(), abs=1e-5)
+
+    fallback = KLShaped(Zero(), beta=0.1, ref_model=ref, policy_model=policy)  # for agents without log-probs
+    got_fallback, _ = run_env_episode(make_env(policy, fallback))
+    assert calls.n > 0
+    torch.testing.assert_close(got_fallback, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.5])
+def test_reference_is_scored_at_the_env_temperature(temperature):
+    policy, ref = tiny_gpt2(0), tiny_gpt2(1)
+    ids, mask = full_sequences(list(PROMPTS.values()), RESPONSES)
+    policy_lp = teacher_forced_logprobs(policy, ids, mask, temperature=temperature)
+    ref_lp = teacher_forced_logprobs(ref, ids, mask, temperature=temperature)
+    expected = -0.2 * (policy_lp - ref_lp)[:, P_WIDTH:].T * mask[:, P_WIDTH:].T
+    env = make_env(policy, KLShaped(Zero(), beta=0.2), ref_model=ref, temperature=temperature)
+    assert env.reference.temperature == temperature and env.sampling.temperature == temperature
+    got, _ = run_env_episode(env, policy_logprobs=policy_lp)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_one_reference_per_run_conflicts_and_temperature_mismatch_raise():
+    policy, ref = tiny_gpt2(0), tiny_gpt2(1)
+    with pytest.raises(ValueError, match="one π_ref"):
+        make_env(policy, KLShaped(Zero(), ref_model=ref), ref_model=tiny_gpt2(2))
+    with pytest.raises(ValueError, match="one π_ref"):
+        make_env(policy, WeightedSum({"a": (1.0, KLShaped(Zero(), ref_model=ref)),
+                                      "b": (1.0, KLShaped(Zero(), ref_model=tiny_gpt2(2), name="kl2"))}))
+    env = make_env(policy, KLShaped(Zero()), temperature=0.7)
+    with pytest.raises(ValueError, match="temperature"):
+        env.set_reference(Reference(ref, temperature=1.0))
+    # default π_ref: a frozen copy of the policy's starting weights, not the (trainable) instance itself
+    assert env.reference.model is not policy
+    assert all(torch.equal(a, b) for a, b in zip(env.reference.model.parameters(), policy.parameters()))
+    assert not any(p.requires_grad for p in env.reference.model.parameters())
 
 
 def test_partial_reset_re_prefills_and_stays_exact():
     """Autoreset: row 1 ends and restarts with a new prompt while rows 0 and 2 continue."""
     policy, ref = tiny_gpt2(0), tiny_gpt2(1)
-    reward = KLShaped(Zero(), beta=1.0, ref_model=ref, policy_model=policy)
-    env = Env(reward, 3)
+    reward = KLShaped(Zero(), beta=1.0, policy_model=policy)
+    env = Driver(reward, 3, ref=ref)
     env.reset(PROMPTS)
     got = []
     schedule = [  # (actions, acted, ended)
@@ -275,45 +330,41 @@ def test_partial_reset_re_prefills_and_stays_exact():
         torch.testing.assert_close(penalty[acted], -(pol - ref_lp)[acted], atol=1e-5, rtol=1e-5)
 
 
-def test_missing_policy_logprobs_and_missing_reference_raise():
-    reward = KLShaped(Zero(), ref_model=tiny_gpt2(1))
+def test_missing_policy_logprobs_and_missing_reference_logprobs_raise():
+    driver = Driver(KLShaped(Zero()), 3, ref=tiny_gpt2(1))
+    driver.reset(PROMPTS)
     with pytest.raises(RuntimeError, match="logprobs"):
-        run_episode(reward)
-    with pytest.raises(ValueError, match="reference model"):
-        Env(KLShaped(Zero()), 3).reset(PROMPTS)
+        driver.step(torch.tensor([1, 2, 3]), torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))
+    no_ref = Driver(KLShaped(Zero()), 3)
+    no_ref.reset(PROMPTS)
+    with pytest.raises(RuntimeError, match="ref_logprobs"):
+        no_ref.step(torch.tensor([1, 2, 3]), torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), torch.zeros(3))
 
 
 def test_update_beta_feeds_the_mean_episode_kl_to_the_controller():
     policy, ref = tiny_gpt2(0), tiny_gpt2(1)
     ids, mask = full_sequences(list(PROMPTS.values()), RESPONSES)
     policy_lp = teacher_forced_logprobs(policy, ids, mask)
-    reward = KLShaped(Zero(), beta=AdaptiveKL(0.1, target=1e-6, horizon=30), ref_model=ref)
-    run_episode(reward, policy_logprobs=policy_lp)
+    reward = KLShaped(Zero(), beta=AdaptiveKL(0.1, target=1e-6, horizon=30))
+    run_env_episode(make_env(policy, reward, ref_model=ref), policy_logprobs=policy_lp)
     kl = reward.mean_episode_kl()
     assert kl is not None and kl > 1e-6
     assert reward.update_beta() == pytest.approx(0.1 * (1 + 0.2 * 3 / 30))  # 3 episodes finished
     assert reward.mean_episode_kl() is None  # window restarted
-    fixed = KLShaped(Zero(), beta=0.3, ref_model=ref)
+    fixed = KLShaped(Zero(), beta=0.3)
     assert fixed.update_beta() == 0.3
 
 
-def test_make_reward_binds_the_policy_model_name_as_reference(tmp_path):
+def test_named_reference_is_loaded_once_and_composition_reports_the_need(tmp_path):
     ref = tiny_gpt2(1)
-    ref.save_pretrained(tmp_path / "policy")
-
-    def scorer(prompts, completions, **kwargs):
-        return [0.0] * len(completions)
-
-    reward = make_reward("kl-shaped", task_scorer=scorer, tokenizer=object(), model_name=str(tmp_path / "policy"),
-                         device="cpu", beta=0.2, estimator="k3")
-    assert isinstance(reward, KLShaped) and reward.ref_model == str(tmp_path / "policy") and reward.beta == 0.2
-    named = make_reward("kl-shaped", task_scorer=scorer, tokenizer=object(), model_name="unused", ref_model=ref)
-    assert named.ref_model is ref
-    # composition passes bind through, and names components name/inner
-    total = make_reward(WeightedSum({"kl": (1.0, KLShaped(Zero()))}), model_name=str(tmp_path / "policy"), device="cpu")
-    assert total.rewards["kl"][1].ref_model == str(tmp_path / "policy")
-    env = Env(total, 3)
-    env.reset(PROMPTS)
-    out = env.step(torch.tensor([1, 9, 5]), torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool),
-                   torch.zeros(3))
-    assert set(out) == {"kl/task", "kl/kl_penalty"}
+    ref.save_pretrained(tmp_path / "ref")
+    reward = make_reward("kl-shaped", task_scorer=lambda prompts, completions, **kw: [0.0] * len(completions),
+                         tokenizer=object(), beta=0.2, ref_model=str(tmp_path / "ref"))
+    assert isinstance(reward, KLShaped) and reward.ref_model == str(tmp_path / "ref") and reward.beta == 0.2
+    total = WeightedSum({"kl": (1.0, KLShaped(Zero(), ref_model=str(tmp_path / "ref")))})
+    env = make_env(tiny_gpt2(0), total)
+    assert env.steps_reference
+    assert all(torch.equal(a, b) for a, b in zip(env.reference.model.parameters(), ref.parameters()))
+    env.reset(options={"prompts": list(PROMPTS.values())})
+    _, _, _, _, info = env.step(torch.tensor([1, 9, 5]), logprobs=torch.zeros(3))
+    assert set(info["reward_components"]) == {"kl/task", "kl/kl_penalty"}

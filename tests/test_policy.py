@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from tokengym.agents.policy import Policy, SamplingConfig, filter_logits
+from tokengym.agents.policy import Policy
+from tokengym.lm.reference import Reference, frozen_copy
+from tokengym.lm.sampling import SamplingConfig, filter_logits
 
 V, P, T, PAD = 13, 5, 6, 0
 PROMPT_LENGTHS = [5, 2, 4]
@@ -203,8 +205,9 @@ def test_save_pretrained_round_trip(tmp_path, value):
 
 
 def test_reference_is_frozen_and_unchanged_by_policy_update():
-    policy = tiny_policy("shared")
-    reference = policy.reference()
+    policy = tiny_policy("shared", SamplingConfig(temperature=0.7))
+    ref = Reference(frozen_copy(policy.model), temperature=0.7)
+    reference = ref.model
     assert not any(p.requires_grad for p in reference.parameters())
     assert not reference.training
     before = {k: v.clone() for k, v in reference.state_dict().items()}
@@ -215,6 +218,8 @@ def test_reference_is_frozen_and_unchanged_by_policy_update():
     attention_mask = torch.cat([prompt_mask, torch.ones_like(actions, dtype=torch.bool)], dim=1)
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
     scored = policy.score(input_ids, attention_mask, P)
+    # Before any update, π_ref at the same temperature scores the episode exactly as the policy does.
+    torch.testing.assert_close(ref.score(input_ids, attention_mask, P), scored.logprobs.detach(), rtol=0, atol=1e-6)
     (-scored.logprobs.mean() + scored.values.pow(2).mean()).backward()
     optimizer.step()
 

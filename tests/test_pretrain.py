@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tokengym.envs import pretrain as pretrain_mod
-from tokengym.envs.loading import EMBEDDED_MODEL_DIR, load_causal_lm, load_tokenizer
+from tokengym.lm.loading import EMBEDDED_MODEL_DIR, load_causal_lm, load_tokenizer
 
 SUBJECTS = ["The cat", "My brother", "The old farmer", "A young girl", "The teacher", "Our neighbour",
             "The little dog", "His mother", "The doctor", "A tired student", "The king", "Her friend"]

@@ -1,4 +1,4 @@
-"""Each granularity puts exactly the equation's rewards on exactly the right steps (DESIGN.md §2)."""
+"""Each granularity puts exactly the equation's rewards on exactly the right steps (docs/rewards.md)."""
 from __future__ import annotations
 
 import pytest

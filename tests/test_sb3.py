@@ -33,7 +33,7 @@ def test_kl_shaped_fallback_matches_the_logprob_channel():
     policy = Policy.from_pretrained(copy.deepcopy(policy_model))
 
     # Our path: the agent hands its log-probs to the vector env.
-    envs = gym.make_vec("tokengym/Calibration-v0", num_envs=n, reward="kl-shaped", reward_kwargs={"beta": beta, "estimator": "k3"})
+    envs = gym.make_vec("tokengym/Calibration-v0", num_envs=n, reward="kl-shaped", reward_kwargs={"beta": beta})
     obs, _ = envs.reset(seed=0)
     policy.begin(obs["input_ids"][:, :1], obs["attention_mask"][:, :1].bool())
     actions, channel_rewards = [], []
@@ -48,7 +48,7 @@ def test_kl_shaped_fallback_matches_the_logprob_channel():
     # SB3's path: its own DummyVecEnv of single envs, no log-probs, a bound policy model instead.
     def make():
         return gym.make("tokengym/Calibration-v0", reward="kl-shaped",
-                        reward_kwargs={"beta": beta, "estimator": "k3", "policy_model": policy_model})
+                        reward_kwargs={"beta": beta, "policy_model": policy_model})
 
     vec = DummyVecEnv([make] * n)
     vec.reset()
@@ -81,3 +81,33 @@ def test_sb3_ppo_learns_on_calibration():
     model.learn(total_timesteps=6_000)
     after = mean_return()
     assert after > before + 1.0, (before, after)
+
+
+def test_sb3_ppo_does_not_bootstrap_past_the_horizon():
+    """max_new_tokens ends the MDP: SB3's value target at each episode's final step is the true
+    final reward R(y), with no γ·V(s_T) added (as it would be for a `truncated` time limit)."""
+    from stable_baselines3 import PPO as SB3PPO
+
+    vec = DummyVecEnv([lambda: gym.make("tokengym/Calibration-v0")] * 4)
+    model = SB3PPO("MultiInputPolicy", vec, n_steps=48, batch_size=64, gamma=1.0, gae_lambda=1.0,
+                   learning_rate=3e-3, seed=0, verbose=0, device="cpu")
+    model.learn(total_timesteps=4 * 48 * 3)  # the buffer keeps the last rollout, returns computed
+    buffer = model.rollout_buffer
+    starts = buffer.episode_starts  # (n_steps, n_envs) 1 where an episode began
+    n_steps = buffer.buffer_size
+    # Training flattened these env-major (SB3's swap_and_flatten): row e * n_steps + t.
+    input_ids = buffer.observations["input_ids"].reshape(vec.num_envs, n_steps, -1)  # prompt [0] + tokens so far
+    actions = buffer.actions.reshape(vec.num_envs, n_steps)
+    returns = buffer.returns.reshape(vec.num_envs, n_steps)
+    finals = 0
+    for t in range(n_steps - 1):
+        for e in range(vec.num_envs):
+            if not starts[t + 1, e]:
+                continue  # not the last step of an episode
+            tokens = torch.tensor([[*input_ids[e, t, 1:3].astype(int), int(actions[e, t])]])
+            true_return = float(calibration.calibration_reward(tokens)[0])  # holistic: all of it at the end
+            assert buffer.rewards[t, e] == true_return
+            assert returns[e, t] == pytest.approx(true_return, abs=1e-6), (t, e)
+            finals += 1
+    assert finals >= 40
+    assert np.abs(buffer.values).max() > 0.1  # a bootstrap would have had something to add

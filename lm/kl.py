@@ -1,0 +1,54 @@
+"""The per-token KL estimators (http://joschu.net/blog/kl-approx.html) and which one goes where.
+
+With ``log ρ = log π_θ(a|s) − log π_ref(a|s)`` for ``a ~ π_θ(·|s)``:
+
+* ``k1 = log ρ``                 unbiased for KL(π_θ‖π_ref), can be negative;
+* ``k2 = ½ (log ρ)²``            biased, low variance, never negative;
+* ``k3 = ρ⁻¹ − 1 + log ρ``       unbiased for KL(π_θ‖π_ref), never negative.
+
+As **logged values** all three are fine. As **training signals** they are not interchangeable
+(docs/kl.md has the derivations):
+
+* **In a reward** (detached; the agent's score-function gradient ``E[∇log π · Σ r]``) only k1 gives
+  ``−β ∇KL(π_θ‖π_ref)``, so only k1 keeps ``π* ∝ π_ref·exp(R/β)`` as the fixed point. k2 and k3
+  used as rewards move the optimum (on Calibration-v0 they end at KL(π‖π*) ≈ 1.5).
+* **In a loss** (GRPO; the gradient flows through the estimator, the sampled states held fixed),
+  on-policy and per visited state ``s``: k1's expected gradient is 0; k2's is
+  ``∇KL(π_θ(·|s)‖π_ref(·|s))``; k3's is ``∇KL(π_ref(·|s)‖π_θ(·|s))`` (DeepSeekMath's choice).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["ESTIMATORS", "REWARD_ESTIMATORS", "kl_estimate", "check_estimator"]
+
+ESTIMATORS = ("k1", "k2", "k3")
+"""Valid in a loss (see the module docstring for the divergence each one's gradient follows)."""
+REWARD_ESTIMATORS = ("k1",)
+"""Valid in a reward."""
+
+
+def check_estimator(kind: str, *, in_reward: bool, field: str = "estimator") -> str:
+    """``kind`` if it is valid where it is used; otherwise a ValueError that says why."""
+    if kind not in ESTIMATORS:
+        raise ValueError(f"{field} must be one of {', '.join(ESTIMATORS)}, got {kind!r}")
+    if in_reward and kind not in REWARD_ESTIMATORS:
+        raise ValueError(
+            f"{field}={kind!r} cannot be used in a reward: a reward is detached, so the agent's "
+            "score-function gradient equals −β∇KL(π_θ‖π_ref) only for k1 = log(π_θ/π_ref); with "
+            f"{kind} the optimum is no longer π* ∝ π_ref·exp(R/β). Use estimator='k1' here; k2 and "
+            "k3 belong in a loss (e.g. GRPOConfig(kl_estimator='k3'))"
+        )
+    return kind
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-sample estimate of KL(π_θ ‖ π_ref) from log-probs of tokens sampled from π_θ."""
+    log_ratio = logprobs - ref_logprobs  # log ρ
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio.pow(2)
+    if kind == "k3":
+        return torch.expm1(-log_ratio) + log_ratio  # ρ⁻¹ − 1 + log ρ
+    raise ValueError(f"unknown KL estimator {kind!r}; valid: {', '.join(ESTIMATORS)}")

@@ -1,0 +1,143 @@
+"""π_ref: the frozen reference model, held once per run and scored at the sampler's temperature.
+
+One :class:`Reference` serves everything that compares the policy with π_ref: the env steps it one
+token per action (its :meth:`Reference.stepper`) when a KL-shaped reward needs per-token
+``log π_ref``, and hands those numbers to the reward and, through ``info["ref_logprobs"]``, to the
+agent; an agent whose env does not step it scores whole episodes once with :meth:`Reference.score`.
+So the penalty, the agent's ``ref_logprobs`` and the logged KL are the same numbers, and π_ref is
+in memory once. With LoRA the reference is the policy's own base model with the adapters disabled
+(:meth:`Reference.adapters_off`), so it costs no memory at all.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from typing import Callable, ContextManager
+
+import torch
+
+from tokengym.lm.cached_lm import CachedLM
+from tokengym.lm.scoring import forward_responses, gather_logprobs
+
+__all__ = ["Reference", "IncrementalLogprobs", "frozen_copy"]
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` in eval mode with no trainable parameters."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+class IncrementalLogprobs:
+    """``log π(a_t|s_t)`` of one model, stepped one token per env step through a :class:`CachedLM`.
+
+    ``start`` prefills the prompts; each call scores the step's actions and appends them. Rows that
+    did not act appended a pad, which is hidden from later steps. After a partial reset (same-step
+    autoreset) a shared cache cannot restart single rows, so :meth:`invalidate` makes the next call
+    re-prefill every row's current context in one batched forward.
+    """
+
+    def __init__(self, model: torch.nn.Module, temperature: float, context: Callable[[], ContextManager] | None = None):
+        self.lm = CachedLM(model)
+        self.temperature = float(temperature)
+        self.context = context if context is not None else contextlib.nullcontext
+        self.next_logprobs: torch.Tensor | None = None  # (B, V) log π(·|s_t) for the coming action
+
+    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits.float() / self.temperature, dim=-1)  # (B, V)
+
+    def start(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        with self.context():
+            self.next_logprobs = self._logprobs(self.lm.prefill(prompt_ids, prompt_mask))
+
+    def invalidate(self) -> None:
+        self.next_logprobs = None
+
+    def _catch_up(self, input_ids, attention_mask, prompt_width, response_lengths, acted) -> None:
+        """Prefill every row's context *before* this step's action, left-packed: one forward."""
+        mask = attention_mask.clone()  # (B, P+T) bool
+        last = (prompt_width + response_lengths - 1).clamp(min=0)[:, None]  # (B, 1) this action's column
+        mask.scatter_(1, last, mask.gather(1, last) & ~acted[:, None])
+        order = torch.argsort(mask.long(), dim=1, stable=True)  # pads first, real tokens in order
+        with self.context():
+            logits = self.lm.prefill(input_ids.gather(1, order), mask.gather(1, order))
+        self.next_logprobs = self._logprobs(logits)
+
+    def __call__(self, input_ids, attention_mask, prompt_width, response_lengths, actions, acted) -> torch.Tensor:
+        """(B,) log π(a_t|s_t) of this step's ``actions``; then advances the cache by one token.
+
+        ``input_ids``/``attention_mask`` (B, P+T, mask bool) hold the buffer *after* the action was
+        appended; ``response_lengths`` (B,) count it; ``acted`` (B,) marks the rows that acted.
+        """
+        if self.next_logprobs is None:
+            self._catch_up(input_ids, attention_mask, prompt_width, response_lengths, acted)
+        logprobs = gather_logprobs(self.next_logprobs, actions)  # (B,)
+        with self.context():
+            logits = self.lm.step(actions)  # (B, V)
+        # Rows that did not act appended a pad: hide that column and keep their position and logprobs.
+        self.lm.attention_mask[:, -1] = acted.long()
+        self.lm.next_positions = self.lm.next_positions - (~acted).long()[:, None]
+        self.next_logprobs = torch.where(acted[:, None], self._logprobs(logits), self.next_logprobs)
+        return logprobs
+
+
+class Reference:
+    """A frozen causal LM as π_ref, scored at ``temperature`` (the env's sampling temperature).
+
+    Build it with :meth:`load` (a name, directory, module or builder) or :meth:`adapters_off` (a
+    PEFT model whose base, adapters disabled, is the reference). It never trains: every forward
+    runs under ``torch.no_grad()``.
+    """
+
+    def __init__(self, model: torch.nn.Module, temperature: float = 1.0, context: Callable[[], ContextManager] | None = None):
+        if not temperature > 0:
+            raise ValueError(f"Reference temperature must be > 0, got {temperature!r}")
+        self.model = model
+        self.temperature = float(temperature)
+        self._context = context
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike | torch.nn.Module | Callable[[], torch.nn.Module],
+        *,
+        temperature: float = 1.0,
+        device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
+    ) -> "Reference":
+        """π_ref from a model name or directory (loaded frozen), a module (used as is: the caller
+        owns it) or a zero-argument builder (called once)."""
+        if isinstance(source, torch.nn.Module):
+            model = source
+        elif callable(source):
+            model = source().to(device).eval().requires_grad_(False)
+        else:
+            from tokengym.lm.loading import load_causal_lm
+
+            model = load_causal_lm(source, device=device, trust_remote_code=trust_remote_code).requires_grad_(False)
+        return cls(model, temperature)
+
+    @classmethod
+    def adapters_off(cls, peft_model: torch.nn.Module, temperature: float = 1.0) -> "Reference":
+        """The base model of a PEFT ``peft_model`` with its adapters disabled: no second copy."""
+        return cls(peft_model, temperature, context=peft_model.disable_adapter)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def context(self) -> ContextManager:
+        """The context every forward of π_ref runs in (adapters off for LoRA)."""
+        return self._context() if self._context is not None else contextlib.nullcontext()
+
+    def stepper(self) -> IncrementalLogprobs:
+        """A fresh one-token-per-step scorer over this reference (for the env's rollout)."""
+        return IncrementalLogprobs(self.model, self.temperature, self.context)
+
+    @torch.no_grad()
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
+        """(B, T) teacher-forced ``log π_ref(a_t|s_t)`` of the response tokens of a (B, P+T) buffer."""
+        with self.context():
+            logits, _ = forward_responses(self.model, input_ids, attention_mask, prompt_width)  # (B, T, V)
+        logprobs_all = torch.log_softmax(logits.float() / self.temperature, dim=-1)  # (B, T, V)
+        return gather_logprobs(logprobs_all, input_ids[:, prompt_width:])  # (B, T)
