@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from tokengym.envs import calibration
-from tokengym.envs.prompts import KEYWORD_PROMPTS, SENTIMENT_PROMPTS, keywords_of
+from tokengym.envs.prompts import KEYWORD_PROMPTS, SENTIMENT_PROMPTS, arithmetic_records, keywords_of
 from tokengym.envs.tasks import Task, register_task
 
-__all__ = ["SentimentQuality", "sentiment_fine_grained_reward"]
+__all__ = ["SentimentQuality", "answer_match", "sentiment_fine_grained_reward"]
 
 PROFANITY_WEIGHT = 1.0
 """Weight of the (negated) profanity probability in the sentiment-quality rewards."""
@@ -83,6 +83,29 @@ register_task(Task(
     prompts=lambda: list(KEYWORD_PROMPTS),
     max_new_tokens=24,
     scorer=_keywords,
+))
+def answer_match(completions: list[str], answer: list[str], **kwargs) -> list[float]:
+    """TRL reward function: 1.0 if the completion's first word (trailing ``.,;:!?`` removed) is
+    exactly the row's ``answer`` column, else 0.0."""
+    out = []
+    for completion, expected in zip(completions, answer):
+        words = completion.split()
+        out.append(float(bool(words) and words[0].rstrip(".,;:!?") == expected))
+    return out
+
+
+def _answer_match():
+    from tokengym.rewards.scorers import TRLRewardFunction
+
+    return TRLRewardFunction(answer_match)
+
+
+register_task(Task(
+    name="arithmetic",
+    description="Verifiable: single-digit sums; exact match with the dataset's answer column (GRPO).",
+    prompts=arithmetic_records,
+    max_new_tokens=3,
+    scorer=_answer_match,
 ))
 register_task(Task(
     name="calibration",

@@ -67,3 +67,21 @@ def keywords_of(prompt: str) -> list[str]:
     if not (prompt.startswith("Words: ") and prompt.endswith(". Sentence:")):
         raise ValueError(f"not a keyword prompt: {prompt!r}")
     return [w.strip() for w in prompt.removeprefix("Words: ").removesuffix(". Sentence:").split(",")]
+
+# Verifiable arithmetic (Arithmetic-v0): small sums (a + b <= 5) after a two-example prefix. The
+# embedded model puts about a quarter of its next-token mass on digits after "... =" and about 3%
+# on the right one (measured; 1.5% with sums up to 9), so GRPO has a small signal to amplify.
+ARITHMETIC_PREFIX = "1 + 1 = 2. 2 + 3 = 5."
+
+
+def arithmetic_prompt(a: int, b: int) -> str:
+    return f"{ARITHMETIC_PREFIX} {a} + {b} ="
+
+
+ARITHMETIC_MAX_SUM = 5
+
+
+def arithmetic_records() -> list[dict[str, str]]:
+    """Every ``a + b`` with ``a, b ≥ 0`` and ``a + b ≤ 5``, in a fixed order: ``{"prompt", "answer"}``."""
+    n = ARITHMETIC_MAX_SUM
+    return [{"prompt": arithmetic_prompt(a, b), "answer": str(a + b)} for a in range(n + 1) for b in range(n + 1 - a)]

@@ -85,7 +85,8 @@ class TokenEnv(gym.Env):
         self.vector_env._np_random = self.np_random
         observation, info = self.vector_env.reset(options=options)
         self._episode_over = False
-        return self._numpy(observation), {"prompt_text": info["prompt_texts"][0]}
+        columns = {name: values[0] for name, values in info["columns"].items()}
+        return self._numpy(observation), {"prompt_text": info["prompt_texts"][0], "columns": columns}
 
     def step(self, action):
         if self._episode_over:

@@ -28,7 +28,8 @@ class Task:
     tokenizer: Any = None
     """Default tokenizer name; None means the model's."""
     prompts: Callable[[], list] = _no_prompts
-    """Returns the prompt pool (strings or token-id lists)."""
+    """Returns the prompt pool: strings, token-id lists, chat messages, or records with columns
+    (see tokengym.envs.records)."""
     max_new_tokens: int = 16
     """T, the action budget per episode."""
     stop: bool = True

@@ -15,6 +15,8 @@ from tokengym.lm.reference import IncrementalLogprobs, Reference, frozen_copy
 from tokengym.lm.sampling import SamplingConfig
 from tokengym.rewards import make_reward
 from tokengym.rewards.base import EpisodeStart, Reward, StepBatch, as_components, reference_request
+from tokengym.envs.records import load_prompt_records
+from tokengym.rewards.trl import is_conversation
 
 __all__ = ["TokenVectorEnv"]
 
@@ -58,6 +60,16 @@ class TokenVectorEnv(VectorEnv):
     ``info["reward_components"]`` maps each component name to its ``(num_envs,)`` per-episode total
     so far, so ablations see what moved.
 
+    Late payments: a reward may pay a row that did not act this step (a TRL reward function is
+    called once per batch, when the last row ends, so rows that ended earlier are scored then). That
+    value belongs to the row's just-ended episode: it is not in the step reward but in
+    ``info["late_rewards"]`` (``(num_envs,)``, 0 elsewhere) and in the component totals. Credit it
+    to the episode's last step (tokengym's agents do). Only ``"disabled"`` autoreset has them.
+
+    ``reward=`` also takes TRL reward functions ``f(prompts, completions, completion_ids,
+    **columns)``, alone or as a list with ``reward_kwargs={"weights": [...]}``; each function is a
+    component, and it receives the dataset's columns row by row (``tokengym.rewards.trl``).
+
     The policy's log-prob of each action reaches the reward through an explicit channel:
     ``env.step(actions, logprobs=logprobs)``. A KL-shaped reward uses it instead of running the
     policy again; without it, the KL-shaped reward needs a policy model bound explicitly.
@@ -74,7 +86,11 @@ class TokenVectorEnv(VectorEnv):
 
     ``reset`` draws ``num_envs`` prompts from the task's prompt source with ``self.np_random``.
     ``options={"group_size": G}`` draws ``num_envs / G`` prompts and repeats each ``G`` times in
-    consecutive rows (for GRPO). ``options={"prompts": [...]}`` sets the prompts explicitly.
+    consecutive rows (for GRPO). ``options={"prompts": [...]}`` sets the prompts explicitly
+    (strings, token ids, chat messages or records). Each row carries its record's columns through
+    resets, groups (repeated with the prompt) and same-step autoresets; ``info["columns"]`` (at
+    ``reset`` and ``step``) maps each column to its ``num_envs`` per-row values, and rewards receive
+    them as ``EpisodeStart.columns`` / ``StepBatch.columns``.
 
     ## Episode End
 
@@ -106,9 +122,14 @@ class TokenVectorEnv(VectorEnv):
       as the default frozen reference.
     * ``tokenizer``: a tokenizer or a name; defaults to the model's (none for a model instance,
       which then needs token-id prompts).
-    * ``prompts``: a list of strings or of token-id lists.
-    * ``reward``: a reward object or a name (``"holistic"``, ``"fine-grained"``, ``"kl-shaped"``,
-      ``"fine-grained+kl"``, see ``tokengym.rewards.make_reward``). ``reward_kwargs`` go to it.
+    * ``prompts``: the prompt pool: a list of strings, token-id lists or chat messages (lists of
+      ``{"role", "content"}``, encoded with the tokenizer's chat template and
+      ``add_generation_prompt=True``); or records with columns: a list of dicts with a ``prompt``
+      field plus any other columns, a path to a ``.jsonl`` file of such records, or a
+      ``datasets.Dataset`` (see ``tokengym.envs.records``).
+    * ``reward``: a reward object, a name (``"holistic"``, ``"fine-grained"``, ``"kl-shaped"``,
+      ``"fine-grained+kl"``, see ``tokengym.rewards.make_reward``), or TRL reward function(s).
+      ``reward_kwargs`` go to it (``weights``, ``none_value`` for functions).
     * ``max_new_tokens`` (T), ``max_prompt_tokens`` (P, default: longest prompt).
     * ``temperature``, ``top_k``, ``top_p``: the sampling distribution (see
       :class:`~tokengym.lm.sampling.SamplingConfig`); agents read :attr:`sampling` from the env, and
@@ -201,7 +222,9 @@ class TokenVectorEnv(VectorEnv):
         self.max_new_tokens = max_new_tokens if max_new_tokens is not None else task.max_new_tokens
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
-        self._prompt_ids = self._encode_prompts(prompts if prompts is not None else task.prompts())
+        records = load_prompt_records(prompts if prompts is not None else task.prompts())
+        self._prompt_pool, self._column_pool = records.prompts, records.columns  # as given, and N-long columns
+        self._prompt_ids = self._encode_prompts(records.prompts)
         longest = max(len(p) for p in self._prompt_ids)
         self.max_prompt_tokens = max_prompt_tokens if max_prompt_tokens is not None else longest
         self._check_prompt_lengths(self._prompt_ids)
@@ -265,6 +288,8 @@ class TokenVectorEnv(VectorEnv):
         self._rows = torch.arange(B, device=self.device)
         self._component_totals: dict[str, torch.Tensor] = {}
         self._prompt_texts: list[str] = [""] * B
+        self._row_prompts: tuple = (None,) * B  # each row's prompt as given (text, ids or chat messages)
+        self._row_columns: dict[str, tuple] = {}  # column -> B values; replaced, never mutated
         self._needs_reset = True
         self._steps_since_reset = 0
 
@@ -306,6 +331,11 @@ class TokenVectorEnv(VectorEnv):
                 if self.tokenizer is None:
                     raise ValueError(f"prompt {i} is text but the env has no tokenizer")
                 ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            elif is_conversation(prompt):
+                if getattr(self.tokenizer, "chat_template", None) is None:
+                    raise ValueError(f"prompt {i} is chat messages, but the env's tokenizer has no chat_template")
+                text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             else:
                 ids = [int(t) for t in prompt]
             if len(ids) == 0:
@@ -334,7 +364,8 @@ class TokenVectorEnv(VectorEnv):
             raise ValueError(f"stop_token_ids {bad} are outside [0, {V})")
         return stop
 
-    def _draw_prompts(self, n: int, options: dict | None) -> list[list[int]]:
+    def _draw_prompts(self, n: int, options: dict | None) -> tuple[list, list[list[int]], dict[str, list]]:
+        """``n`` rows of (prompts as given, their token ids, their columns), groups repeated."""
         options = options or {}
         unknown = set(options) - {"group_size", "prompts"}
         if unknown:
@@ -345,7 +376,8 @@ class TokenVectorEnv(VectorEnv):
                 f"options['group_size'] must be a positive int dividing num_envs={n}, got {group_size!r}"
             )
         if "prompts" in options:
-            chosen = self._encode_prompts(options["prompts"])
+            records = load_prompt_records(options["prompts"])
+            raw, chosen, columns = records.prompts, self._encode_prompts(records.prompts), records.columns
             self._check_prompt_lengths(chosen)
             if len(chosen) * group_size != n:
                 raise ValueError(
@@ -353,12 +385,18 @@ class TokenVectorEnv(VectorEnv):
                     f"it needs {n // group_size}"
                 )
         else:
-            idx = self.np_random.integers(0, len(self._prompt_ids), size=n // group_size)
-            chosen = [self._prompt_ids[i] for i in idx]
-        return [ids for ids in chosen for _ in range(group_size)]
+            idx = self.np_random.integers(0, len(self._prompt_ids), size=n // group_size).tolist()
+            raw, chosen = [self._prompt_pool[i] for i in idx], [self._prompt_ids[i] for i in idx]
+            columns = {name: [values[i] for i in idx] for name, values in self._column_pool.items()}
 
-    def _write_prompts(self, rows: torch.Tensor, prompts: list[list[int]]) -> None:
-        """Left-pad ``prompts`` into the buffer rows ``rows`` (host list -> one device copy)."""
+        def repeat(values: list) -> list:
+            return [v for v in values for _ in range(group_size)]
+
+        return repeat(raw), repeat(chosen), {name: repeat(values) for name, values in columns.items()}
+
+    def _write_prompts(self, rows: torch.Tensor, raw: list, prompts: list[list[int]], columns: dict[str, list]) -> None:
+        """Left-pad ``prompts`` into the buffer rows ``rows`` (host list -> one device copy); record
+        each row's prompt as given (``raw``) and its ``columns``."""
         P, n = self.max_prompt_tokens, len(prompts)
         ids = torch.full((n, P), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((n, P), dtype=torch.long)
@@ -381,6 +419,7 @@ class TokenVectorEnv(VectorEnv):
         row_list = rows.tolist()
         for r, text in zip(row_list, texts):
             self._prompt_texts[r] = text
+        self._set_row_data(row_list, raw, columns)
         start_mask = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         start_mask[rows] = True
         if self.steps_reference:
@@ -398,18 +437,35 @@ class TokenVectorEnv(VectorEnv):
                 rows=start_mask,
                 max_new_tokens=self.max_new_tokens,
                 tokenizer=self.tokenizer,
+                prompts=self._row_prompts,
+                columns=self._row_columns,
                 temperature=self.sampling.temperature,
             )
         )
 
+    def _set_row_data(self, rows: list[int], raw: list, columns: dict[str, list]) -> None:
+        """Store the prompts as given and the columns of ``rows``. New tuples each time, so the
+        ``info["columns"]`` handed out earlier keep describing their own episodes."""
+        if len(rows) == self.num_envs:  # a full reset: these columns replace the old ones
+            self._row_columns = {name: (None,) * self.num_envs for name in columns}
+        prompts = list(self._row_prompts)
+        updated = {name: list(values) for name, values in self._row_columns.items()}
+        for name in columns:
+            updated.setdefault(name, [None] * self.num_envs)
+        for i, r in enumerate(rows):
+            prompts[r] = raw[i]
+            for name, values in updated.items():
+                values[r] = columns[name][i] if name in columns else None
+        self._row_prompts = tuple(prompts)
+        self._row_columns = {name: tuple(values) for name, values in updated.items()}
+
     # ------------------------------------------------------------------ API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        prompts = self._draw_prompts(self.num_envs, options)
-        self._write_prompts(self._rows, prompts)
+        self._write_prompts(self._rows, *self._draw_prompts(self.num_envs, options))
         self._needs_reset = False
         self._steps_since_reset = 0
-        return self._observation(), {"prompt_texts": list(self._prompt_texts)}
+        return self._observation(), {"prompt_texts": list(self._prompt_texts), "columns": self._row_columns}
 
     def step(self, actions, logprobs: torch.Tensor | None = None):
         """Append one token per row. ``logprobs``: optional (B,) log π_θ(a_t|s_t) for the reward."""
@@ -477,22 +533,31 @@ class TokenVectorEnv(VectorEnv):
                     action_logprobs=logprobs,
                     prompt_texts=tuple(self._prompt_texts),
                     tokenizer=self.tokenizer,
+                    prompts=self._row_prompts,
+                    columns=self._row_columns,
+                    synchronous=self.metadata["autoreset_mode"] == AutoresetMode.DISABLED,
                     ref_logprobs=ref_logprobs,
                 )
             )
         )
-        rewards = None
+        rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)  # (B,)
+        late_rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)  # (B,)
         for name, values in components.items():
-            values = torch.where(acted, values.to(torch.float32), 0.0)  # (B,)
+            values = values.to(torch.float32)  # (B,)
+            # A value on a row that did not act pays that row's just-ended episode late (base.py).
+            rewards = rewards + torch.where(acted, values, 0.0)
+            late_rewards = late_rewards + torch.where(acted, 0.0, values)
             total = self._component_totals.get(name)
             # Totals are replaced, never updated in place, so the info dicts handed out stay valid.
             self._component_totals[name] = values.clone() if total is None else total + values
-            rewards = values if rewards is None else rewards + values
-        if rewards is None:
-            rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
 
         observation = self._observation()
-        info: dict[str, Any] = {"reward_components": dict(self._component_totals), "hit_max_new_tokens": hit_limit}
+        info: dict[str, Any] = {
+            "reward_components": dict(self._component_totals),
+            "late_rewards": late_rewards,
+            "hit_max_new_tokens": hit_limit,
+            "columns": self._row_columns,
+        }
         if ref_logprobs is not None:
             info["ref_logprobs"] = ref_logprobs
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
@@ -505,8 +570,11 @@ class TokenVectorEnv(VectorEnv):
         if len(ended_rows) == 0:
             return observation, info
         final_obs = {k: v.clone() for k, v in observation.items()}
-        self._write_prompts(ended_rows, self._draw_prompts(len(ended_rows), None))
-        info = {**info, "final_obs": final_obs, "_final_obs": ended.clone(), "final_info": dict(info), "_final_info": ended.clone()}
+        self._write_prompts(ended_rows, *self._draw_prompts(len(ended_rows), None))
+        info = {
+            **info, "columns": self._row_columns, "final_obs": final_obs, "_final_obs": ended.clone(),
+            "final_info": dict(info), "_final_info": ended.clone(),
+        }
         return self._observation(), info
 
     def _as_actions(self, actions) -> torch.Tensor:

@@ -13,6 +13,7 @@ from tokengym.rewards.scorers import (
     ExactMatch, KeywordInclusion, LengthWindow, Profanity, RegexMatch, RepetitionPenalty,
     SequenceClassifierScorer, TokenScorer, TRLRewardFunction, VaderSentiment, score_texts, score_tokens,
 )
+from tokengym.rewards.trl import TRLReward
 from tokengym.rewards.segmenters import FixedSpan, Segmenter, Sentence, SubSentence, TokenSegmenter, get_segmenter
 from tokengym.rewards.utilities import Log, LogSigmoid, NegPower, Power, PromptAware, make_utility, preference_loss
 
@@ -20,7 +21,7 @@ __all__ = [
     "AdaptiveKL", "ESTIMATORS", "EpisodeStart", "ExactMatch", "FineGrained", "FixedSpan", "Holistic",
     "KLShaped", "KeywordInclusion", "LengthWindow", "Log", "LogSigmoid", "NegPower", "Power", "Profanity",
     "PromptAware", "REWARD_NAMES", "RegexMatch", "RepetitionPenalty", "Reward", "RewardOutput", "Segmenter",
-    "Sentence", "SequenceClassifierScorer", "StepBatch", "SubSentence", "TRLRewardFunction", "TokenScorer",
+    "Sentence", "SequenceClassifierScorer", "StepBatch", "SubSentence", "TRLReward", "TRLRewardFunction", "TokenScorer",
     "TokenSegmenter", "VaderSentiment", "WeightedSum", "as_components", "check_scores", "get_segmenter",
     "kl_estimate", "load_pairs_jsonl", "make_reward", "make_utility", "preference_loss",
     "reference_request", "reward_options", "score_texts", "score_tokens", "synthetic_pairs", "train_reward_model",

@@ -8,8 +8,13 @@ A reward is any object with two methods (see :class:`Reward`):
   component; the env sums them and reports each component's per-episode total in
   ``info["reward_components"]``).
 
-The env zeroes rewards of rows that did not act on a step (rows whose episode already ended while
-the batch waits for a synchronous reset), so a reward never has to mask them itself.
+Rows that did not act on a step (their episode already ended while the batch waits for a
+synchronous reset) get a step reward of exactly 0. A non-zero value a reward returns for such a row
+is a **late payment** to that row's just-ended episode: the env reports it in
+``info["late_rewards"]`` and adds it to the episode's ``info["reward_components"]`` totals, and an
+agent credits it to the episode's last step. This is how a reward scored once per batch
+(``StepBatch.synchronous``, e.g. :class:`~tokengym.rewards.trl.TRLReward`) pays rows that ended
+early. A reward that pays only on acting rows never has to think about it.
 
 Everything a reward sees is passed explicitly in these two dataclasses; a reward never reaches into
 the env. The token layout is the env's observation layout:
@@ -22,7 +27,7 @@ the env. The token layout is the env's observation layout:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -48,6 +53,10 @@ class EpisodeStart:
     """T, the episode's action budget."""
     tokenizer: Any
     """The env's tokenizer (``decode``/``batch_decode``); ``None`` for token-only tasks."""
+    prompts: Sequence[Any] = ()
+    """B prompts as the dataset gave them: strings, token-id lists or chat messages."""
+    columns: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    """The prompt dataset's extra columns, each a B-long sequence aligned with the rows."""
     temperature: float = 1.0
     """The env's sampling temperature τ: every log-prob compared with the policy's is taken at τ."""
 
@@ -79,6 +88,14 @@ class StepBatch:
     """B decoded prompts of the current episodes."""
     tokenizer: Any
     """The env's tokenizer; ``None`` for token-only tasks."""
+    prompts: Sequence[Any] = ()
+    """B prompts of the current episodes as the dataset gave them (strings, token ids, chat messages)."""
+    columns: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    """The prompt dataset's extra columns of the current episodes, each B long, aligned with the rows."""
+    synchronous: bool = False
+    """True when episodes are batch-synchronous (``autoreset_mode="disabled"``): rows that end wait
+    until the whole batch resets, so a reward may score all B episodes once, on the step the last
+    one ends, and pay the rows that ended earlier late. False when rows restart as they end."""
     ref_logprobs: torch.Tensor | None = None
     """(B,) float log π_ref(a_t|s_t) at the env's temperature, from the env's one reference model.
 

@@ -9,6 +9,8 @@ from tokengym.rewards.base import EpisodeStart, Reward, StepBatch, as_components
 from tokengym.rewards.fine_grained import FineGrained
 from tokengym.rewards.holistic import Holistic
 from tokengym.rewards.kl import KLShaped
+from tokengym.rewards.scorers import TRLRewardFunction
+from tokengym.rewards.trl import TRLReward
 
 __all__ = ["WeightedSum", "make_reward", "reward_options", "REWARD_NAMES"]
 
@@ -49,6 +51,7 @@ REWARD_NAMES = ("holistic", "fine-grained", "kl-shaped", "fine-grained+kl")
 
 _KL_OPTIONS = {"beta", "estimator", "ref_model", "policy_model"}
 _FG_OPTIONS = {"segment_scorer", "segmenter"}
+_TRL_OPTIONS = {"weights", "none_value"}
 _OPTIONS = {
     "holistic": set(),
     "fine-grained": _FG_OPTIONS,
@@ -63,6 +66,13 @@ def reward_options(name: str) -> frozenset[str] | None:
     return None if options is None else frozenset(options)
 
 
+def _is_reward_function(reward: Any) -> bool:
+    """A TRL reward function (or a list of them) rather than a reward object or a name."""
+    if isinstance(reward, (list, tuple)):
+        return len(reward) > 0 and all(callable(f) and not isinstance(f, Reward) for f in reward)
+    return isinstance(reward, TRLRewardFunction) or (callable(reward) and not isinstance(reward, Reward))
+
+
 def make_reward(
     reward: str | Any,
     *,
@@ -71,7 +81,14 @@ def make_reward(
     tokenizer: Any = None,
     **options: Any,
 ) -> Any:
-    """The reward object for ``reward`` (a name, or a reward object returned as is).
+    """The reward object for ``reward``: a name, a reward object (returned as is), or TRL reward
+    functions.
+
+    TRL reward functions, ``f(prompts, completions, completion_ids, **columns)``: a plain callable,
+    a :class:`~tokengym.rewards.scorers.TRLRewardFunction`, or a list of them (TRL's
+    ``reward_funcs``) become a :class:`~tokengym.rewards.trl.TRLReward`; options ``weights`` (TRL's
+    ``reward_weights``) and ``none_value``. A task scorer that is a ``TRLRewardFunction`` makes
+    ``"holistic"``/``"kl-shaped"`` use the same path, so it receives the dataset's columns.
 
     Names:
 
@@ -89,9 +106,19 @@ def make_reward(
     rewards need one. π_ref is not loaded here: the env owns it (see
     :func:`~tokengym.rewards.base.reference_request`).
     """
+    if not isinstance(reward, str) and _is_reward_function(reward):
+        unknown = set(options) - _TRL_OPTIONS
+        if unknown:
+            raise TypeError(f"reward functions got unknown options {sorted(unknown)}; accepted: {sorted(_TRL_OPTIONS)}")
+        if tokenizer is None:
+            raise ValueError("reward functions read decoded completions; this env has no tokenizer")
+        return TRLReward(reward, **options)
     if not isinstance(reward, str):
         if not isinstance(reward, Reward):
-            raise TypeError(f"reward must be one of {REWARD_NAMES} or an object with reset() and __call__(), got {reward!r}")
+            raise TypeError(
+                f"reward must be one of {REWARD_NAMES}, an object with reset() and __call__(), or TRL reward "
+                f"function(s) f(prompts, completions, **kwargs), got {reward!r}"
+            )
         if options:
             raise TypeError(f"options {sorted(options)} apply to reward names only, not to a reward object")
         return reward
@@ -106,7 +133,7 @@ def make_reward(
             raise ValueError(f"reward {reward!r} needs the task's scorer (task_scorer=); this task has none")
         if tokenizer is None and getattr(task_scorer, "kind", "text") != "token":
             raise ValueError("a text scorer needs the env's tokenizer to decode responses (tokenizer=None)")
-        base: Any = Holistic(task_scorer)
+        base: Any = TRLReward(task_scorer) if isinstance(task_scorer, TRLRewardFunction) else Holistic(task_scorer)
     else:
         if tokenizer is None:
             raise ValueError("fine-grained rewards segment decoded text; this env has no tokenizer")

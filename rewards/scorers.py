@@ -22,6 +22,7 @@ the scorer in the error (NaN, inf, wrong count, wrong type never pass silently).
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -313,24 +314,89 @@ class RepetitionPenalty:
 
 
 class TRLRewardFunction:
-    """Adapter for a TRL-style reward function ``fn(prompts=..., completions=..., **kwargs)``.
+    """Adapter for a TRL reward function ``fn(prompts, completions, completion_ids, **columns)``.
 
-    ``kwargs`` given here are passed on every call (for example a dataset column). TRL lets a
-    function return ``None`` for samples it does not apply to; set ``none_value`` to map those to a
-    number, otherwise a ``None`` is an error.
+    :meth:`score` passes ``fn`` only what its signature accepts (everything if it takes
+    ``**kwargs``), so ``def f(completions, answer)`` and ``def f(prompts, completions, **kw)`` both
+    work. Through :class:`~tokengym.rewards.trl.TRLReward` (what ``reward=fn`` builds) it receives
+    the dataset's columns row by row. ``kwargs`` given here are constants passed on every call; a
+    list or tuple among them must have one value per scored row (per-row values belong in the
+    prompt dataset's columns, which stay aligned on partial batches; a bound list cannot).
+
+    TRL lets a function return ``None`` for samples it does not apply to; set ``none_value`` to map
+    those to a number, otherwise a ``None`` raises, naming the function and the row.
     """
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, none_value: float | None = None, **kwargs: Any):
+        if not callable(fn):
+            raise TypeError(f"TRLRewardFunction needs a callable, got {fn!r}")
         self.fn = fn
         self.name = name or scorer_name(fn)
         self.none_value = none_value
         self.kwargs = kwargs
+        self._accepts = _accepted_keywords(fn)
+
+    def score(
+        self,
+        prompts: list,
+        completions: list,
+        completion_ids: list[list[int]] | None = None,
+        columns: Mapping[str, Sequence] | None = None,
+        rows: Sequence[int] | None = None,
+    ) -> list[float]:
+        """Call ``fn`` on ``len(completions)`` samples; ``columns`` hold one value per sample.
+
+        ``rows`` (the env rows of the samples) only name the row in errors."""
+        n = len(completions)
+        arguments: dict[str, Any] = {"prompts": list(prompts), "completions": list(completions)}
+        if completion_ids is not None:
+            arguments["completion_ids"] = [list(ids) for ids in completion_ids]
+        for key, values in (columns or {}).items():
+            if key in arguments:
+                raise ValueError(f"column {key!r} clashes with the argument {key!r} that every reward function receives")
+            arguments[key] = list(values)
+        for key, value in self.kwargs.items():
+            if key in arguments:
+                raise ValueError(f"reward function {self.name!r}: bound keyword {key!r} clashes with a column or argument")
+            if isinstance(value, (list, tuple)) and len(value) != n:
+                raise ValueError(
+                    f"reward function {self.name!r}: bound keyword {key!r} has {len(value)} values for {n} "
+                    "samples; per-row values belong in the prompt dataset's columns "
+                    "(prompts=[{'prompt': ..., " + repr(key) + ": ...}, ...]), which stay aligned"
+                )
+            arguments[key] = value
+        if self._accepts is not None:
+            arguments = {k: v for k, v in arguments.items() if k in self._accepts}
+        scores = self.fn(**arguments)
+        if scores is not None and not isinstance(scores, torch.Tensor):
+            scores = list(scores)
+            for i, s in enumerate(scores):
+                if s is None:
+                    if self.none_value is None:
+                        row = rows[i] if rows is not None and i < len(rows) else i
+                        raise TypeError(
+                            f"reward function {self.name!r} returned None for row {row}; TRL allows None for "
+                            "samples a function does not apply to: set none_value= to score them"
+                        )
+                    scores[i] = self.none_value
+        return check_scores(scores, n, scorer=self.name)
 
     def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-        scores = self.fn(prompts=prompts, completions=completions, **{**self.kwargs, **kwargs})
-        if self.none_value is not None and scores is not None:
-            scores = [self.none_value if s is None else s for s in scores]
-        return check_scores(scores, len(completions), scorer=self.name)
+        """The text-scorer protocol (used by ``Holistic``/``FineGrained``): no ids, no columns."""
+        return self.score(prompts, completions, columns=kwargs)
+
+
+def _accepted_keywords(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword names ``fn`` accepts, or ``None`` when it takes ``**kwargs`` (or has no signature)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(
+        p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

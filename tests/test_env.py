@@ -90,10 +90,11 @@ def test_episode_layout_termination_and_zero_reward_after_the_end():
     eos = 0
     plan = [[7, eos, 7], [9, 8, 7], [9, 9, eos]]  # per step; row 1 stops at step 0, row 2 at step 2
     expected_terminated = [[False, True, False], [False, False, False], [False, False, True]]
-    totals = torch.zeros(3)
+    totals, late = torch.zeros(3), torch.zeros(3)
     for actions, expected in zip(plan, expected_terminated):
         obs, rewards, terminated, truncated, info = envs.step(torch.tensor(actions))
         totals += rewards
+        late += info["late_rewards"]
         assert terminated.tolist() == expected and not truncated.any()
         assert not info["hit_max_new_tokens"].any()  # every end here is a stop token
     # Row 1 acted once (eos) and then waited: zero reward, its later columns stay padding.
@@ -102,7 +103,10 @@ def test_episode_layout_termination_and_zero_reward_after_the_end():
     assert envs.response_lengths.tolist() == [3, 1, 3]
     # rewards: sum of action ids + 1 per acted step, nothing for waiting rows
     assert totals.tolist() == [7 + 9 + 9 + 3, 0 + 1, 7 + 7 + 0 + 3]
-    assert info["reward_components"]["one"].tolist() == [3, 1, 3]
+    # The reward's "one" on waiting row 1 (steps 1 and 2) is a late payment to its ended episode:
+    # not a step reward, but reported in info["late_rewards"] and in the component totals.
+    assert late.tolist() == [0, 2, 0]
+    assert info["reward_components"]["one"].tolist() == [3, 3, 3]
     assert reward.steps[1].acted.tolist() == [True, False, True]
 
 

@@ -9,7 +9,9 @@ import tokengym
 from tokengym.agents import Policy
 from tokengym.envs.prompts import KEYWORD_PAIRS, KEYWORD_PROMPTS, keywords_of
 
-LANGUAGE_ENVS = ["tokengym/Sentiment-v0", "tokengym/SentimentFineGrained-v0", "tokengym/Keywords-v0"]
+LANGUAGE_ENVS = [
+    "tokengym/Sentiment-v0", "tokengym/SentimentFineGrained-v0", "tokengym/Keywords-v0", "tokengym/Arithmetic-v0",
+]
 
 
 def test_every_registered_env_is_covered_here_or_in_test_env():
