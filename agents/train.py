@@ -41,6 +41,17 @@ TIMING_FIELDS = ("tokens_per_s", "rollout_tokens_per_s")
 DEFAULTS: dict[str, Any] = {
     "env": "tokengym/Sentiment-v0",
     "agent": "ppo",
+    "model": None,
+    "tokenizer": None,
+    "trust_remote_code": False,
+    "prompts": None,
+    "reward_model": None,
+    "reward_label": None,
+    "lora": None,
+    "lora_alpha": None,
+    "lora_dropout": None,
+    "lora_targets": None,
+    "dtype": "float32",
     "reward": None,
     "beta": None,
     "kl_estimator": None,
@@ -64,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
 """Every recorded setting and its default; ``run.json`` holds all of them, resolved."""
 
 _FLAG = {name: "--" + name.replace("_", "-") for name in DEFAULTS}
+DTYPES = ("float32", "bfloat16", "float16")
+"""--dtype choices: float32, or autocast to a half type with float32 master weights."""
 
 
 # ---------------------------------------------------------------------------------------- plot
@@ -137,6 +150,7 @@ class Plan:
     agent_class: type
     config: Any
     env_kwargs: dict
+    policy_kwargs: dict
 
 
 def _check_number(flag, value, *, low, integer=False, low_open=False, allow_none=True):
@@ -174,13 +188,14 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
     if unknown:
         raise bad_value("--resume", str(run_dir), f"a {RUN_FILE} with known settings, got {sorted(unknown)}")
     task = _check_env(s["env"])
-    if task.name == "custom":
+    if task.name == "custom" and (s["prompts"] is None or s["reward_model"] is None):
         raise bad_value(
             "--env", s["env"],
-            "an env with a built-in task: tokengym/Custom-v0 needs the env arguments model=, prompts= and "
-            "reward= (gymnasium.make_vec('tokengym/Custom-v0', model=..., prompts=..., reward=...)), "
-            "which the command line cannot pass",
+            "an env with a built-in task, or --prompts FILE and --reward-model NAME_OR_DIR (with --model): "
+            "tokengym/Custom-v0 has no prompts or reward of its own (in Python: gymnasium.make_vec("
+            "'tokengym/Custom-v0', model=..., prompts=..., reward=...))",
         )
+    model_kwargs = _check_model_flags(s, given)
     if s["agent"] not in AGENT_NAMES:
         raise bad_value("--agent", s["agent"], f"one of {', '.join(AGENT_NAMES)}")
     from tokengym.agents import AGENTS
@@ -306,8 +321,14 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
         if (run_dir / RUN_FILE).exists() or (run_dir / METRICS_FILE).exists():
             raise bad_value("--out", str(run_dir), f"a new directory; it holds a run: continue it with --resume {run_dir}, or choose another --out")
 
-    env_kwargs: dict[str, Any] = {"device": s["device"]}
-    if s["reward"] is not None:
+    env_kwargs: dict[str, Any] = {"device": s["device"], **model_kwargs}
+    if s["reward_model"] is not None:
+        if reward in FINE_GRAINED_REWARDS:
+            raise bad_value("--reward-model", s["reward_model"], "a holistic or kl-shaped reward (it scores whole "
+                            f"completions); with reward {reward!r} use a segment scorer in Python")
+        # The reward model replaces the task's holistic scorer; loaded in run(), after validation.
+        env_kwargs["reward_model"] = {"name": s["reward_model"], "label": s["reward_label"], "reward": reward}
+    elif s["reward"] is not None:
         env_kwargs["reward"] = s["reward"]
     if s["max_new_tokens"] is not None:
         env_kwargs["max_new_tokens"] = s["max_new_tokens"]
@@ -316,7 +337,84 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
             env_kwargs[name] = s[name]
     if reward_kwargs:
         env_kwargs["reward_kwargs"] = reward_kwargs
-    return Plan(agent_class, config, env_kwargs)
+    policy_kwargs: dict[str, Any] = {"trust_remote_code": s["trust_remote_code"]}
+    if s["lora"] is not None:
+        from tokengym.lm.lora import LoRAConfig
+
+        try:
+            policy_kwargs["lora"] = LoRAConfig(
+                rank=s["lora"], **{k: v for k, v in (("alpha", s["lora_alpha"]), ("dropout", s["lora_dropout"]),
+                                                     ("target_modules", s["lora_targets"])) if v is not None})
+        except ValueError as exc:
+            raise bad_value("--lora", s["lora"], str(exc)) from None
+    if s["dtype"] != "float32":
+        policy_kwargs["autocast_dtype"] = s["dtype"]
+    return Plan(agent_class, config, env_kwargs, policy_kwargs)
+
+
+def _looks_local(name: str) -> bool:
+    """A path, not a hub name ("org/model"): it exists, or it is written like a path."""
+    return os.path.exists(name) or name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") >= 2
+
+
+def _check_model_flags(s: dict, given: frozenset[str]) -> dict[str, Any]:
+    """Validate --model/--tokenizer/--prompts/--reward-model/--lora/--dtype without loading a model;
+    returns the env keywords they become."""
+    kwargs: dict[str, Any] = {}
+    for flag, name in (("--model", s["model"]), ("--tokenizer", s["tokenizer"]), ("--reward-model", s["reward_model"])):
+        if name is None or not _looks_local(name):
+            continue  # a hub name: loaded (and checked) in run(); only a name you type touches the network
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise bad_value(flag, name, "an existing local directory (no such directory) or a Hugging Face hub name")
+        if not (path / "config.json").is_file() and flag != "--tokenizer":
+            raise bad_value(flag, name, "a model directory with a config.json (save_pretrained writes one)")
+    if s["model"] is not None:
+        kwargs["model"] = s["model"]
+        if s["tokenizer"] is None and _looks_local(s["model"]):
+            path = Path(s["model"]).expanduser()
+            if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
+                raise bad_value("--model", s["model"], "a directory with a tokenizer (tokenizer.json or "
+                                "tokenizer_config.json), or pass --tokenizer NAME_OR_DIR")
+    if s["tokenizer"] is not None:
+        kwargs["tokenizer"] = s["tokenizer"]
+    if s["trust_remote_code"]:
+        kwargs["trust_remote_code"] = True
+    if s["prompts"] is not None:
+        kwargs["prompts"] = read_prompts_file(s["prompts"])
+    if s["reward_label"] is not None and s["reward_model"] is None:
+        raise bad_value("--reward-label", s["reward_label"], "--reward-model too (it picks that model's label)")
+    _check_number("--lora", s["lora"], low=1, integer=True)
+    for name in ("lora_alpha", "lora_dropout", "lora_targets"):
+        if s[name] is not None and s["lora"] is None:
+            raise bad_value(_FLAG[name], _show(s[name]), "--lora RANK too (it configures the adapters)")
+    if s["dtype"] not in DTYPES:
+        raise bad_value("--dtype", s["dtype"], f"one of {', '.join(DTYPES)}")
+    return kwargs
+
+
+def read_prompts_file(path: str):
+    """Prompts from ``--prompts FILE``: ``.txt`` (one prompt per line) or ``.jsonl`` (records with a
+    ``prompt`` field and any other columns). Errors name the file and the line."""
+    from tokengym.envs.records import load_prompt_records
+
+    file = Path(path)
+    if not file.is_file():
+        raise bad_value("--prompts", path, "an existing .txt or .jsonl file (no such file)")
+    if file.suffix == ".txt":
+        lines = file.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                raise bad_value("--prompts", path, f"one non-empty prompt per line; line {number} is empty")
+        if not lines:
+            raise bad_value("--prompts", path, "at least one prompt (the file is empty)")
+        return lines
+    if file.suffix == ".jsonl":
+        try:
+            return load_prompt_records(str(file))
+        except ValueError as exc:
+            raise bad_value("--prompts", path, f"valid prompt records ({exc})") from None
+    raise bad_value("--prompts", path, "a .txt file (one prompt per line) or a .jsonl file (records with a 'prompt' field)")
 
 
 def _parse_value(text: str):
@@ -365,11 +463,7 @@ def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: boo
                             f"{run_dir / checkpoint.CHECKPOINTS} is ({reasons})")
         for p, reason in skipped:
             _say(f"skipping checkpoint {p}: {reason}")
-    try:
-        envs = gym.make_vec(s["env"], num_envs=s["batch_size"], **plan.env_kwargs)
-        learner = plan.agent_class(envs, plan.config)
-    except (ValueError, TypeError) as exc:  # a setting the env or agent refuses (e.g. T beyond the context)
-        raise UsageError(f"--env {s['env']}: {exc}") from None
+    envs, learner = _build(s, plan)
 
     metrics_path = run_dir / METRICS_FILE
     if resuming:
@@ -408,6 +502,49 @@ def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: boo
     plot_curve(history, run_dir / "curve.png", title=f"{s['agent']} on {s['env']} ({s['reward'] or 'default reward'})")
     _save_final(learner, run_dir)
     return history
+
+
+def _build(s: dict, plan: Plan):
+    """The env and the agent (loading models); a setting they refuse is a one-line UsageError."""
+    import gymnasium as gym
+    import torch
+
+    from tokengym.agents.policy import Policy
+
+    env_kwargs = dict(plan.env_kwargs)
+    flag, value = "--env", s["env"]
+    try:
+        reward_model = env_kwargs.pop("reward_model", None)
+        if reward_model is not None:
+            flag, value = "--reward-model", reward_model["name"]
+            env_kwargs["reward"] = _reward_model_reward(reward_model, env_kwargs, s)
+        flag, value = ("--model", s["model"]) if s["model"] is not None else ("--env", s["env"])
+        envs = gym.make_vec(s["env"], num_envs=s["batch_size"], **env_kwargs)
+        env = envs.unwrapped
+        policy_kwargs = dict(plan.policy_kwargs)
+        if "autocast_dtype" in policy_kwargs:
+            policy_kwargs["autocast_dtype"] = getattr(torch, policy_kwargs["autocast_dtype"])
+        policy = Policy.from_pretrained(env.model, device=env.device, value_head=plan.agent_class.needs_values,
+                                        **policy_kwargs)
+        flag, value = "--agent", s["agent"]
+        learner = plan.agent_class(envs, plan.config, policy=policy)
+    except (ValueError, TypeError, OSError) as exc:  # a setting or a model the env or agent refuses
+        raise UsageError(f"{flag} {value}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return envs, learner
+
+
+def _reward_model_reward(spec: dict, env_kwargs: dict, s: dict):
+    """The reward object for ``--reward-model``: the task's reward name around the classifier."""
+    from tokengym.lm.loading import load_tokenizer
+    from tokengym.rewards import make_reward
+    from tokengym.rewards.scorers import SequenceClassifierScorer
+
+    scorer = SequenceClassifierScorer(spec["name"], device=s["device"], label=spec["label"],
+                                      trust_remote_code=s["trust_remote_code"])
+    tokenizer = env_kwargs.get("tokenizer") or load_tokenizer(
+        env_kwargs.get("model", "embedded"), trust_remote_code=s["trust_remote_code"])
+    env_kwargs["tokenizer"] = tokenizer
+    return make_reward(spec["reward"], task_scorer=scorer, tokenizer=tokenizer, **env_kwargs.pop("reward_kwargs", {}))
 
 
 def _save_final(learner, run_dir: Path) -> None:
@@ -468,6 +605,17 @@ def add_cli(subparsers) -> None:
     add("--agent", choices=AGENT_NAMES, help="reinforce: Monte-Carlo policy gradient; a2c: actor-critic; "
         "ppo: clipped PPO with GAE (KL via --reward kl-shaped); grpo: group-relative PPO with a KL term "
         f"(default: {d['agent']})")
+    add("--model", metavar="NAME_OR_DIR", help="any causal LM: a local directory or a Hugging Face hub name (default: the env's, the embedded model)")
+    add("--tokenizer", metavar="NAME_OR_DIR", help="tokenizer, if not the model's own (default: the model's)")
+    add("--trust-remote-code", action="store_true", help="allow models and tokenizers that run their own code (default: off)")
+    add("--prompts", metavar="FILE", help="prompts: .txt (one per line) or .jsonl (records with a 'prompt' field; other fields reach the reward) (default: the env's)")
+    add("--reward-model", metavar="NAME_OR_DIR", help="a sequence classifier as the holistic reward (default: the env's scorer)")
+    add("--reward-label", metavar="LABEL", help="which label of --reward-model is the reward: an index or a name such as POSITIVE (needed if it has several)")
+    add("--lora", type=int, metavar="RANK", help="train LoRA adapters of this rank only (PEFT); π_ref is the base with adapters off (default: full fine-tuning)")
+    add("--lora-alpha", type=float, metavar="F", help="LoRA alpha; adapters scale by alpha / rank (default: 16)")
+    add("--lora-dropout", type=float, metavar="P", help="LoRA dropout (default: 0)")
+    add("--lora-targets", nargs="+", metavar="MODULE", help="LoRA target modules (default: per architecture, e.g. q_proj k_proj v_proj o_proj)")
+    add("--dtype", choices=DTYPES, help=f"autocast dtype; master weights stay float32 (default: {d['dtype']})")
     add("--reward", metavar="NAME", help=f"reward name: {', '.join(REWARD_NAMES)} (default: the env's task reward)")
     add("--beta", type=float, metavar="F", help="KL coefficient: of a KL-shaped reward and of GRPO's KL term (default: theirs)")
     add("--kl-estimator", metavar="K", help=f"KL estimator: {', '.join(ESTIMATORS)} (KL-shaped reward, GRPO; default: theirs)")

@@ -442,12 +442,15 @@ def model_max_length(model: torch.nn.Module, cap: int = 1024) -> int:
 
 
 class SequenceClassifierScorer:
-    """A reward model: ``AutoModelForSequenceClassification`` with one label, scored on
-    ``prompt + completion``; returns the scalar logit per text.
+    """A reward model: ``AutoModelForSequenceClassification`` scored on ``prompt + completion``;
+    returns one logit per text.
 
     ``model``: a directory, ``"embedded"``-style name or hub name (loaded with its tokenizer), or a
-    module (then ``tokenizer`` is required). Texts are batched ``batch_size`` at a time on
+    module (then ``tokenizer`` is required). ``label``: which logit is the reward — optional for a
+    one-label (Bradley–Terry) model; for a classifier with several labels, its index or its name in
+    ``config.label2id`` (e.g. ``"POSITIVE"``). Texts are batched ``batch_size`` at a time on
     ``device``, right-padded, and truncated from the left to the model's context.
+    ``trust_remote_code`` is off unless asked for.
     """
 
     def __init__(
@@ -457,6 +460,8 @@ class SequenceClassifierScorer:
         device: str | torch.device = "cpu",
         batch_size: int = 32,
         name: str | None = None,
+        label: int | str | None = None,
+        trust_remote_code: bool = False,
     ):
         from tokengym.lm.loading import load_tokenizer, resolve_model_name
 
@@ -468,11 +473,12 @@ class SequenceClassifierScorer:
             from transformers import AutoModelForSequenceClassification
 
             path = resolve_model_name(model)
-            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
-            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=os.path.exists(path))
+            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model, trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, local_files_only=os.path.exists(path), trust_remote_code=trust_remote_code
+            )
             self.name = name or f"rm:{os.path.basename(os.fspath(path).rstrip('/'))}"
-        if model.config.num_labels != 1:
-            raise ValueError(f"SequenceClassifierScorer needs num_labels=1, the model has {model.config.num_labels}")
+        self.label = self._label_index(model.config, label)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -486,6 +492,24 @@ class SequenceClassifierScorer:
         out: list[float] = []
         for i in range(0, len(texts), self.batch_size):
             ids, mask = encode_texts(self.tokenizer, texts[i : i + self.batch_size], self.max_length, self.pad_id, self.device)
-            logits = self.model(input_ids=ids, attention_mask=mask.long()).logits  # (b, 1)
-            out.extend(logits[:, 0].float().tolist())
+            logits = self.model(input_ids=ids, attention_mask=mask.long()).logits  # (b, num_labels)
+            out.extend(logits[:, self.label].float().tolist())
         return out
+
+    @staticmethod
+    def _label_index(config: Any, label: int | str | None) -> int:
+        """The logit column of ``label`` (an index or a name in ``config.label2id``)."""
+        n = config.num_labels
+        names = dict(getattr(config, "label2id", None) or {})
+        if label is None:
+            if n != 1:
+                raise ValueError(f"the reward model has {n} labels {sorted(names)}; choose one with label= (--reward-label)")
+            return 0
+        if isinstance(label, str) and not label.lstrip("-").isdigit():
+            if label not in names:
+                raise ValueError(f"label {label!r} is not one of the reward model's labels {sorted(names)}")
+            return int(names[label])
+        index = int(label)
+        if not 0 <= index < n:
+            raise ValueError(f"label {index} is outside the reward model's {n} labels (0..{n - 1})")
+        return index

@@ -50,6 +50,14 @@ def prepare(tmp: Path, setup: str) -> None:
         (tmp / "run" / "run.json").write_text(json.dumps({"tokengym_run": 1, "settings": settings}))
         if setup == "broken-checkpoints":
             (tmp / "run" / "checkpoints" / "iter-000001").mkdir(parents=True)
+    elif setup == "blank-line-prompts":
+        (tmp / "prompts.txt").write_text("The movie was\n\nThe food\n")
+    elif setup == "bad-jsonl":
+        (tmp / "prompts.jsonl").write_text('{"prompt": "The movie was"}\n{"prompt": \n')
+    elif setup == "model-no-tokenizer":
+        from conftest import build_tiny_lm
+
+        build_tiny_lm().save_pretrained(tmp / "model")  # weights and config, no tokenizer files
     elif setup == "norun":
         (tmp / "norun").mkdir()
     elif setup == "foreign":
@@ -100,7 +108,7 @@ def test_each_bad_input_gives_its_one_line(tmp_path, capsys, what, flags, setup,
         assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("index", [0, 8, 34])
+@pytest.mark.parametrize("index", [0, 8, 36])
 def test_errors_in_a_real_process_have_no_traceback(tmp_path, index):
     what, flags, setup, expected = ROWS[index]
     prepare(tmp_path, setup)

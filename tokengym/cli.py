@@ -23,6 +23,7 @@ _SUBCOMMAND_MODULES = [
     "tokengym.benchmarks.pretrain",
     "tokengym.rewards.reward_model",
     "tokengym.agents.train",
+    "tokengym.agents.export",
     "tokengym.benchmarks.cli",
 ]
 
