@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "group_size": None,
     "lr": None,
     "max_new_tokens": None,
+    "min_new_tokens": None,
     "temperature": 1.0,
     "top_k": 0,
     "top_p": 1.0,
@@ -211,6 +212,7 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
         _check_number(_FLAG[name], s[name], low=1, integer=True, allow_none=False)
     _check_number("--seed", s["seed"], low=0, integer=True, allow_none=False)
     _check_number("--max-new-tokens", s["max_new_tokens"], low=1, integer=True)
+    _check_number("--min-new-tokens", s["min_new_tokens"], low=0, integer=True)
     _check_number("--temperature", s["temperature"], low=0, low_open=True, allow_none=False)
     _check_number("--top-k", s["top_k"], low=0, integer=True, allow_none=False)
     _check_number("--top-p", s["top_p"], low=0, low_open=True, allow_none=False)
@@ -332,6 +334,8 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
         env_kwargs["reward"] = s["reward"]
     if s["max_new_tokens"] is not None:
         env_kwargs["max_new_tokens"] = s["max_new_tokens"]
+    if s["min_new_tokens"] is not None:
+        env_kwargs["min_new_tokens"] = s["min_new_tokens"]
     for name in ("temperature", "top_k", "top_p"):  # the env owns the sampling: agents, π_ref and the KL read it
         if s[name] != DEFAULTS[name]:
             env_kwargs[name] = s[name]
@@ -625,6 +629,7 @@ def add_cli(subparsers) -> None:
     add("--group-size", type=int, metavar="G", help="samples per prompt: GRPO, REINFORCE with the leave-one-out baseline (default: the agent's)")
     add("--lr", type=float, metavar="F", help="learning rate (default: the agent's)")
     add("--max-new-tokens", type=int, metavar="T", help="episode length T (default: the env's)")
+    add("--min-new-tokens", type=int, metavar="M", help="a stop token before M actions is an ordinary token: guards against a policy that stops early to dodge the KL penalty (default: 0)")
     add("--temperature", type=float, metavar="TAU", help=f"sampling temperature; π_ref and the KL are taken at it too (default: {d['temperature']})")
     add("--top-k", type=int, metavar="K", help=f"sample among the K likeliest tokens, 0: off (default: {d['top_k']})")
     add("--top-p", type=float, metavar="P", help=f"nucleus sampling mass, 1: off (default: {d['top_p']})")

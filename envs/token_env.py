@@ -96,6 +96,9 @@ class TokenVectorEnv(VectorEnv):
 
     A row is ``terminated`` when its action is a stop token (EOS by default; ``stop_token_ids``
     configures it, an empty list disables it) or when it is the row's ``max_new_tokens``-th action.
+    With ``min_new_tokens=m``, a stop token among a row's first ``m`` actions is an ordinary token:
+    the standard guard against a policy that learns to stop early because every token costs KL
+    (``min_new_tokens=max_new_tokens`` gives fixed-length episodes, as in Ziegler et al. 2019).
     Both end the MDP: ``max_new_tokens`` is the horizon of this finite-horizon MDP, not a time limit
     on an endless task, and the observation encodes the step (the mask counts the tokens), so the
     value after the last step is 0. Reporting the limit as ``terminated`` keeps third-party agents
@@ -131,6 +134,7 @@ class TokenVectorEnv(VectorEnv):
       ``"fine-grained+kl"``, see ``tokengym.rewards.make_reward``), or TRL reward function(s).
       ``reward_kwargs`` go to it (``weights``, ``none_value`` for functions).
     * ``max_new_tokens`` (T), ``max_prompt_tokens`` (P, default: longest prompt).
+    * ``min_new_tokens``: actions before a stop token can end the episode (default 0).
     * ``temperature``, ``top_k``, ``top_p``: the sampling distribution (see
       :class:`~tokengym.lm.sampling.SamplingConfig`); agents read :attr:`sampling` from the env, and
       π_ref is scored at this temperature.
@@ -173,6 +177,7 @@ class TokenVectorEnv(VectorEnv):
         max_new_tokens: int | None = None,
         max_prompt_tokens: int | None = None,
         stop_token_ids: Sequence[int] | str | None = "eos",
+        min_new_tokens: int = 0,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -238,6 +243,11 @@ class TokenVectorEnv(VectorEnv):
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = pad if isinstance(pad, int) and 0 <= pad < V else 0
         self.stop_token_ids = self._resolve_stop_tokens(stop_token_ids if task.stop else [], V)
+        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or not 0 <= min_new_tokens <= self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens must be an integer in [0, max_new_tokens={self.max_new_tokens}], got {min_new_tokens!r}"
+            )
+        self.min_new_tokens = min_new_tokens
         self._stop_ids = torch.tensor(self.stop_token_ids, dtype=torch.long, device=self.device)
 
         # Spaces.
@@ -504,6 +514,8 @@ class TokenVectorEnv(VectorEnv):
         self._response_lengths += acted
         if self.stop_token_ids:
             stopped = acted & torch.isin(actions, self._stop_ids)  # (B,)
+            if self.min_new_tokens:
+                stopped &= self._response_lengths >= self.min_new_tokens  # earlier, a stop token is ordinary
         else:
             stopped = torch.zeros_like(acted)  # (B,)
         hit_limit = acted & ~stopped & (self._response_lengths >= T)  # (B,) the horizon, not a time limit

@@ -290,3 +290,16 @@ def test_logprobs_channel_reaches_the_reward_and_is_validated():
     assert reward.steps[-1].action_logprobs.tolist() == [-0.5, -1.5]
     with pytest.raises(ValueError, match="logprobs"):
         envs.step(torch.tensor([3, 4]), logprobs=torch.tensor([-0.5]))
+
+
+def test_min_new_tokens_makes_early_stop_tokens_ordinary():
+    """The guard against early-EOS exploitation: before min_new_tokens, a stop token does not end."""
+    envs = gym.make_vec("tokengym/Custom-v0", num_envs=2, min_new_tokens=2, **custom_kwargs(max_new_tokens=4))
+    envs.reset(seed=0)
+    eos = 0
+    _, _, terminated, _, _ = envs.step(torch.tensor([eos, 7]))  # action 1: ordinary
+    assert not terminated.any() and envs.response_lengths.tolist() == [1, 1]
+    _, _, terminated, _, info = envs.step(torch.tensor([eos, 7]))  # action 2: may stop
+    assert terminated.tolist() == [True, False] and not info["hit_max_new_tokens"].any()
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        gym.make_vec("tokengym/Custom-v0", num_envs=2, min_new_tokens=5, **custom_kwargs(max_new_tokens=4))
