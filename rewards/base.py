@@ -102,6 +102,18 @@ class StepBatch:
     Filled when the reward declares ``needs_reference`` (see :func:`reference_request`); ``None``
     otherwise."""
 
+    def rows_to_score(self, batched: bool) -> list[int]:
+        """The rows an episode-level scorer scores on this step (one host read).
+
+        ``batched`` and :attr:`synchronous`: every row, once, on the step the batch's last episode
+        ends (rows that ended earlier are paid late; see the module docstring), so a batch-level
+        scorer such as a reward model runs once per batch. Otherwise: the rows whose episode this
+        step ended."""
+        if batched and self.synchronous:
+            last = self.ended.any() & ~(self.acted & ~self.ended).any()
+            return list(range(self.ended.shape[0])) if bool(last) else []
+        return self.ended.nonzero().flatten().tolist()
+
     @property
     def response_ids(self) -> torch.Tensor:
         """(B, T) the response region (right-padded)."""

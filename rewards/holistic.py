@@ -16,7 +16,10 @@ class Holistic:
 
     A device token scorer runs on every step for every row with no host read:
     ``torch.where(ended, score, 0)``. A text scorer needs text, so the reward reads ``ended`` on
-    the host once per step to find the rows that ended, and decodes and scores only those.
+    the host once per step to find the rows that ended, and decodes and scores only those. A text
+    scorer that declares ``batched = True`` (a reward model, which pays per call) is called once per
+    batch instead, on every episode, when the batch's last one ends: rows that ended earlier are
+    paid late, through ``info["late_rewards"]`` (``StepBatch.rows_to_score``).
 
     Returns ``{name: (B,) rewards}``; ``name`` defaults to the scorer's name.
     """
@@ -36,7 +39,7 @@ class Holistic:
             )  # (B,)
             return {self.name: torch.where(step.ended, scores, torch.zeros_like(scores))}
         rewards = torch.zeros(step.ended.shape[0], dtype=torch.float32, device=step.ended.device)  # (B,)
-        rows = step.ended.nonzero().flatten().tolist()  # the one host read of this step
+        rows = step.rows_to_score(batched=getattr(self.scorer, "batched", False))  # the one host read
         if rows:
             completions = step.decode_responses(rows)
             prompts = [step.prompt_texts[r] for r in rows]

@@ -453,6 +453,9 @@ class SequenceClassifierScorer:
     ``trust_remote_code`` is off unless asked for.
     """
 
+    batched = True
+    """Called once per batch of finished episodes (a forward pass per call is its cost)."""
+
     def __init__(
         self,
         model: str | os.PathLike | torch.nn.Module,

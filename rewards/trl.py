@@ -83,12 +83,7 @@ class TRLReward:
     def __call__(self, step: StepBatch) -> dict[str, torch.Tensor]:
         B, device = step.ended.shape[0], step.ended.device
         out = {name: torch.zeros(B, dtype=torch.float32, device=device) for name in self.names}
-        if step.synchronous:
-            # Once per batch: on the step the last row ends, score every episode (one host read).
-            last = step.ended.any() & ~(step.acted & ~step.ended).any()
-            rows = list(range(B)) if bool(last) else []
-        else:
-            rows = step.ended.nonzero().flatten().tolist()  # the one host read of this step
+        rows = step.rows_to_score(batched=True)  # once per batch when episodes are synchronous
         if not rows:
             return out
         texts = step.decode_responses(rows)

@@ -201,3 +201,38 @@ def test_conversational_prompts_use_the_chat_template():
     assert seen["completions"][1] == [{"role": "assistant", "content": "good good good good"}]
     with pytest.raises(ValueError, match="no chat_template"):
         make_envs(reward=chat_reward, prompts=records)
+
+
+class LengthScorer:
+    """A holistic text scorer (prompt-blind): words in the completion + 1; counts its calls."""
+
+    name = "length"
+
+    def __init__(self, batched: bool):
+        self.batched, self.calls = batched, []
+
+    def __call__(self, prompts, completions, **kwargs):
+        self.calls.append(len(completions))
+        return [len(c.split()) + 1.0 for c in completions]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_holistic_batch_level_scorers_run_once_per_batch_others_on_time(batched):
+    from tokengym.rewards import Holistic
+
+    scorer = LengthScorer(batched)
+    envs = make_envs(reward=Holistic(scorer))
+    envs.reset(options={"prompts": RECORDS[:4]})
+    step_rewards, late = torch.zeros(4, 4), torch.zeros(4, 4)
+    for t, actions in enumerate(PLAN):
+        _, rewards, _, _, info = envs.step(torch.tensor(actions))
+        step_rewards[t], late[t] = rewards, info["late_rewards"]
+    totals = info["reward_components"]["length"]
+    expected = torch.tensor([1.0, 5.0, 3.0, 5.0])  # words + 1: rows end after 1, 4, 3 and 4 tokens
+    assert torch.equal(totals, expected) and torch.equal((step_rewards + late).sum(0), expected)
+    if batched:  # one call with all four; rows 0 and 2 (ended at steps 0 and 2) are paid late
+        assert scorer.calls == [4]
+        assert torch.equal(late[3], torch.tensor([1.0, 0.0, 3.0, 0.0])) and not late[:3].any()
+    else:  # each row paid on the step that ends it, nothing late
+        assert scorer.calls == [1, 1, 2] and not late.any()
+        assert step_rewards[0, 0] == 1.0 and step_rewards[2, 2] == 3.0
