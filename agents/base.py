@@ -1,5 +1,9 @@
 """What every agent shares: the config fields, rollout collection through reset/step, the guarded
 optimizer step, per-iteration logging, and save/load. Each agent overrides only ``update``.
+
+Over ~400 lines because it is the one place the loop lives (as stable-baselines3's
+``OnPolicyAlgorithm``): splitting collection, the guarded step and persistence over several files
+would spread one object's state (optimizer, generators, counters) across them.
 """
 from __future__ import annotations
 

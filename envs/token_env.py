@@ -1,4 +1,9 @@
-"""The token-level MDP as a native batched Gymnasium ``VectorEnv`` that lives on a torch device."""
+"""The token-level MDP as a native batched Gymnasium ``VectorEnv`` that lives on a torch device.
+
+Longer than ~400 lines on purpose: about a third is the class docstring in Gymnasium's sections,
+which is the user's reference for the MDP, and the rest is one object's state (device buffers,
+per-row prompts and columns, the reference's cache) that reset and step must update together.
+"""
 from __future__ import annotations
 
 from typing import Any, Sequence

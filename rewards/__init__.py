@@ -11,8 +11,9 @@ from tokengym.rewards.kl import AdaptiveKL, KLShaped
 from tokengym.rewards.reward_model import load_pairs_jsonl, synthetic_pairs, train_reward_model
 from tokengym.rewards.scorers import (
     ExactMatch, KeywordInclusion, LengthWindow, Profanity, RegexMatch, RepetitionPenalty,
-    SequenceClassifierScorer, TokenScorer, TRLRewardFunction, VaderSentiment, score_texts, score_tokens,
+    TokenScorer, TRLRewardFunction, VaderSentiment, score_texts, score_tokens,
 )
+from tokengym.rewards.classifier import SequenceClassifierScorer
 from tokengym.rewards.trl import TRLReward
 from tokengym.rewards.segmenters import FixedSpan, Segmenter, Sentence, SubSentence, TokenSegmenter, get_segmenter
 from tokengym.rewards.utilities import Log, LogSigmoid, NegPower, Power, PromptAware, make_utility, preference_loss

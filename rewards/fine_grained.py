@@ -11,7 +11,7 @@ Scorer convention for a segment: a text scorer is called with
     completions = [the segment's text y_j]
 
 so ``prompt + completion`` is exactly the text generated up to the segment's end. A reward model
-(:class:`~tokengym.rewards.scorers.SequenceClassifierScorer`) therefore scores the whole prefix,
+(:class:`~tokengym.rewards.classifier.SequenceClassifierScorer`) therefore scores the whole prefix,
 as in Wu et al., while a text classifier such as VADER reads the segment alone. Nothing else is
 passed. Segment texts are not stripped (they keep their leading space).
 

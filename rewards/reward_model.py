@@ -5,7 +5,7 @@ from a causal LM, trained on ``(prompt, chosen, rejected)`` triples to maximise
 
     Σ U(r(x, y_w) − r(x, y_l) − margin)  −  center_coef · Σ (r(x, y_w) + r(x, y_l))²
 
-and saved with ``save_pretrained``, so :class:`~tokengym.rewards.scorers.SequenceClassifierScorer`
+and saved with ``save_pretrained``, so :class:`~tokengym.rewards.classifier.SequenceClassifierScorer`
 loads it as a holistic or per-segment scorer.
 
 The utility ``U`` (Bradley–Terry's ``log σ`` by default, or one of Song et al. 2023's) is
@@ -23,7 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from tokengym.lm.io import atomic_write_dir
-from tokengym.rewards.scorers import VaderSentiment, encode_texts, model_max_length, prepare_pad_token, score_texts
+from tokengym.rewards.classifier import encode_texts, model_max_length, prepare_pad_token
+from tokengym.rewards.scorers import VaderSentiment, score_texts
 from tokengym.rewards.utilities import UTILITY_NAMES, make_utility, preference_loss
 
 __all__ = ["train_reward_model", "load_pairs_jsonl", "synthetic_pairs", "sentiment_sentence", "add_cli"]

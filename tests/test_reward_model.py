@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from tokengym.rewards import reward_model as rm
 from tokengym.rewards.reward_model import load_pairs_jsonl, sentiment_sentence, synthetic_pairs, train_reward_model
-from tokengym.rewards.scorers import SequenceClassifierScorer, VaderSentiment
+from tokengym.rewards.classifier import SequenceClassifierScorer
+from tokengym.rewards.scorers import VaderSentiment
 from tokengym.rewards.utilities import Log, LogSigmoid, NegPower, Power, PromptAware, make_utility, preference_loss
 
 

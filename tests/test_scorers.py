@@ -8,6 +8,7 @@ import torch
 
 from tokengym.rewards.base import StepBatch
 from tokengym.rewards.holistic import Holistic
+from tokengym.rewards.classifier import SequenceClassifierScorer
 from tokengym.rewards.scorers import (
     ExactMatch,
     KeywordInclusion,
@@ -15,7 +16,6 @@ from tokengym.rewards.scorers import (
     Profanity,
     RegexMatch,
     RepetitionPenalty,
-    SequenceClassifierScorer,
     TokenScorer,
     TRLRewardFunction,
     VaderSentiment,
