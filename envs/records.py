@@ -14,11 +14,12 @@ dicts, which the env encodes with the tokenizer's chat template).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tokengym.lm.io import read_jsonl
 
 __all__ = ["PromptRecords", "load_prompt_records", "read_jsonl_records"]
 
@@ -66,23 +67,14 @@ def read_jsonl_records(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {os.fspath(path)!r}: no such file")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object with a 'prompt' field, got {type(record).__name__}")
-            if "prompt" not in record:
-                raise ValueError(f"{path}:{number}: the record has no 'prompt' field (keys: {sorted(record)})")
-            if records and set(record) != set(records[0]):
-                raise ValueError(
-                    f"{path}:{number}: columns {sorted(record)} differ from the first record's {sorted(records[0])}"
-                )
-            records.append(record)
+    for number, record in read_jsonl(path, what="a JSON object with a 'prompt' field"):
+        if "prompt" not in record:
+            raise ValueError(f"{path}:{number}: the record has no 'prompt' field (keys: {sorted(record)})")
+        if records and set(record) != set(records[0]):
+            raise ValueError(
+                f"{path}:{number}: columns {sorted(record)} differ from the first record's {sorted(records[0])}"
+            )
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: no records (the file is empty)")
     return records

@@ -8,6 +8,7 @@ propagates. Temporaries are created private by ``tempfile``; the result gets the
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -102,3 +103,24 @@ def atomic_write_dir(path: str | os.PathLike, writer: Callable[[Path], None], ke
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "a JSON object") -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file.
+
+    A line that is not JSON, or not a JSON object, raises ``ValueError("PATH:LINE: ...")``; the
+    caller checks the fields it needs and names the line the same way."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{os.fspath(path)}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{os.fspath(path)}:{number}: expected {what}, got {type(record).__name__}")
+            out.append((number, record))
+    return out
+

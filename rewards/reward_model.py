@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from tokengym.lm.io import atomic_write_dir
+from tokengym.lm.io import atomic_write_dir, read_jsonl
 from tokengym.rewards.classifier import encode_texts, model_max_length, prepare_pad_token
 from tokengym.rewards.scorers import VaderSentiment, score_texts
 from tokengym.rewards.utilities import UTILITY_NAMES, make_utility, preference_loss
@@ -40,22 +40,13 @@ def load_pairs_jsonl(path: str | os.PathLike) -> list[dict[str, str]]:
     """Preference pairs from a JSON-lines file, one ``{"prompt", "chosen", "rejected"}`` object per
     line (extra fields are kept; blank lines are skipped)."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            for field in PAIR_FIELDS:
-                if field not in record:
-                    raise ValueError(f"{path}:{line_no}: missing field {field!r} (need {', '.join(PAIR_FIELDS)})")
-                if not isinstance(record[field], str):
-                    raise ValueError(f"{path}:{line_no}: field {field!r} must be a string, got {type(record[field]).__name__}")
-            pairs.append(record)
+    for line_no, record in read_jsonl(path):
+        for field in PAIR_FIELDS:
+            if field not in record:
+                raise ValueError(f"{path}:{line_no}: missing field {field!r} (need {', '.join(PAIR_FIELDS)})")
+            if not isinstance(record[field], str):
+                raise ValueError(f"{path}:{line_no}: field {field!r} must be a string, got {type(record[field]).__name__}")
+        pairs.append(record)
     if not pairs:
         raise ValueError(f"{path}: no preference pairs")
     return pairs
