@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "reward": None,
     "beta": None,
+    "kl_target": None,
     "kl_estimator": None,
     "segmenter": None,
     "episodes": 512,
@@ -69,6 +70,11 @@ DEFAULTS: dict[str, Any] = {
 
 _FLAG = {name: "--" + name.replace("_", "-") for name in DEFAULTS}
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_BETA = 0.05
+"""The KL-shaped reward's default β (and the adaptive controller's starting β)."""
+KL_HORIZON = 128
+"""Episodes over which the adaptive-β controller corrects a KL error (Ziegler et al. use 10 000
+steps; a run of a few thousand episodes needs a shorter horizon to reach its target)."""
 """--dtype choices: float32, or autocast to a half type with float32 master weights."""
 
 
@@ -187,6 +193,10 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
     _check_number("--entropy-alarm", s["entropy_alarm"], low=0, low_open=True)
     _check_number("--lr", s["lr"], low=0, low_open=True)
     _check_number("--beta", s["beta"], low=0)
+    _check_number("--kl-target", s["kl_target"], low=0, low_open=True)
+    if s["kl_target"] is not None and not kl_reward:
+        raise bad_value("--kl-target", s["kl_target"], f"a KL-shaped reward (--reward {' or '.join(KL_REWARDS)}); "
+                        f"with reward {reward!r} it would have no effect")
     _check_number("--save-every", s["save_every"], low=1, integer=True)
     _check_number("--keep-checkpoints", s["keep_checkpoints"], low=1, integer=True, allow_none=False)
     if "keep_checkpoints" in given and s["save_every"] is None:
@@ -222,7 +232,12 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
                 f"a fine-grained reward (--reward {' or '.join(FINE_GRAINED_REWARDS)}); with reward {reward!r} it would have no effect",
             )
         reward_kwargs["segmenter"] = s["segmenter"]
-    if kl_reward and s["beta"] is not None:
+    if kl_reward and s["kl_target"] is not None:  # Ziegler et al.'s controller; --beta is its start
+        from tokengym.rewards import AdaptiveKL
+
+        start = s["beta"] if s["beta"] else DEFAULT_BETA
+        reward_kwargs["beta"] = AdaptiveKL(init_beta=start, target=s["kl_target"], horizon=KL_HORIZON)
+    elif kl_reward and s["beta"] is not None:
         reward_kwargs["beta"] = s["beta"]
     if kl_reward and s["kl_estimator"] is not None:
         from tokengym.lm.kl import REWARD_ESTIMATORS

@@ -250,6 +250,8 @@ def add_cli(subparsers) -> None:
     add("--dtype", choices=DTYPES, help=f"autocast dtype; master weights stay float32 (default: {d['dtype']})")
     add("--reward", metavar="NAME", help=f"reward name: {', '.join(REWARD_NAMES)} (default: the env's task reward)")
     add("--beta", type=float, metavar="F", help="KL coefficient: of a KL-shaped reward and of GRPO's KL term (default: theirs)")
+    add("--kl-target", type=float, metavar="NATS", help="adapt the KL-shaped reward's β towards this KL per sequence "
+        "(Ziegler et al.'s controller, starting at --beta) (default: a fixed β)")
     add("--kl-estimator", metavar="K", help=f"KL estimator: {', '.join(ESTIMATORS)} (KL-shaped reward, GRPO; default: theirs)")
     add("--segmenter", metavar="NAME", help=f"segmenter of a fine-grained reward: {', '.join(SEGMENTER_NAMES)} (default: the task's)")
     add("--episodes", type=int, metavar="N", help=f"episodes to train for (default: {d['episodes']})")
