@@ -21,6 +21,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
+
 from tokengym.agents.settings import (
     AGENT_NAMES, DEFAULTS, DTYPES, METRICS_FILE, RUN_FILE, TIMING_FIELDS, Plan, resolve_settings, validate,
 )
@@ -131,6 +133,8 @@ def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: boo
                 os.fsync(metrics.fileno())
                 checkpoint.write_checkpoint(learner, run_dir, run_id, s["keep_checkpoints"])
     history = learner.history
+    if progress:
+        show_samples(learner)
     plot_curve(history, run_dir / "curve.png", title=f"{s['agent']} on {s['env']} ({s['reward'] or 'default reward'})")
     _save_final(learner, run_dir)
     return history
@@ -156,6 +160,7 @@ def _build(s: dict, plan: Plan):
         policy_kwargs = dict(plan.policy_kwargs)
         if "autocast_dtype" in policy_kwargs:
             policy_kwargs["autocast_dtype"] = getattr(torch, policy_kwargs["autocast_dtype"])
+        torch.manual_seed(plan.config.seed)  # a value head's initialisation is part of the run (determinism)
         policy = Policy.from_pretrained(env.model, device=env.device, value_head=plan.agent_class.needs_values,
                                         **policy_kwargs)
         flag, value = "--agent", s["agent"]
@@ -177,6 +182,53 @@ def _reward_model_reward(spec: dict, env_kwargs: dict, s: dict):
         env_kwargs.get("model", "embedded"), trust_remote_code=s["trust_remote_code"])
     env_kwargs["tokenizer"] = tokenizer
     return make_reward(spec["reward"], task_scorer=scorer, tokenizer=tokenizer, **env_kwargs.pop("reward_kwargs", {}))
+
+
+@torch.no_grad()
+def sample_continuations(learner, n: int = 3, seed: int = 0) -> list[tuple[str, str, str]]:
+    """``(prompt, π_ref's continuation, π_θ's continuation)`` for ``n`` prompts of the last batch,
+    sampled at the env's temperature with a private generator (the run's RNG streams are untouched,
+    so a resumed run stays bit-identical)."""
+    from tokengym.agents.policy import Policy
+
+    env = learner.env
+    if env.tokenizer is None:
+        return []
+    texts = list(dict.fromkeys(env.prompt_texts))[:n]
+    encoded = [env.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    width = max(len(ids) for ids in encoded)
+    prompt_ids = torch.full((len(encoded), width), env.pad_token_id, dtype=torch.long, device=env.device)
+    prompt_mask = torch.zeros_like(prompt_ids, dtype=torch.bool)
+    for row, ids in enumerate(encoded):
+        prompt_ids[row, width - len(ids):] = torch.tensor(ids, device=env.device)
+        prompt_mask[row, width - len(ids):] = True
+    stop = set(env.stop_token_ids)
+
+    def continuations(model, context) -> list[str]:
+        policy, generator = Policy(model, sampling=env.sampling), torch.Generator(device=env.device).manual_seed(seed)
+        rows: list[list[int]] = [[] for _ in encoded]
+        done = [False] * len(encoded)
+        with context:
+            policy.begin(prompt_ids, prompt_mask)
+            for _ in range(env.max_new_tokens):
+                actions = policy.act(generator).actions
+                for row, token in enumerate(actions.tolist()):
+                    if not done[row]:  # the env's rule: a stop token ends a row once min_new_tokens are out
+                        rows[row].append(token)
+                        done[row] = token in stop and len(rows[row]) >= env.min_new_tokens
+                policy.advance(actions)
+        return [env.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
+    before = continuations(env.reference.model, env.reference.context())
+    after = continuations(learner.policy.model, learner.policy.autocast())
+    return list(zip(texts, before, after))
+
+
+def show_samples(learner) -> None:
+    """Print three continuations of the reference (before) and the trained policy (after)."""
+    print("samples, π_ref (before) and the trained π_θ (after), same prompts and random numbers:")
+    for prompt, before, after in sample_continuations(learner):
+        print(f"  {prompt!r}\n    before: {before!r}\n    after:  {after!r}")
 
 
 def _save_final(learner, run_dir: Path) -> None:
@@ -204,9 +256,16 @@ def _summary(history: list[dict], n: int = 3) -> str:
     if not history:
         return "no iterations"
     k = min(n, len(history))
-    first = sum(h["reward"] for h in history[:k]) / k
-    last = sum(h["reward"] for h in history[-k:]) / k
-    return f"mean reward: first {k} iterations {first:.3f} -> last {k} {last:.3f}"
+
+    def mean(key: str, rows: list[dict]) -> float:
+        return sum(h.get(key, math.nan) for h in rows) / len(rows)
+
+    lines = [f"mean reward: first {k} iterations {mean('reward', history[:k]):.3f} -> last {k} {mean('reward', history[-k:]):.3f}"]
+    for key in sorted(key for key in history[-1] if key.startswith("reward/")):
+        lines.append(f"  {key[len('reward/'):]}: {mean(key, history[:k]):.3f} -> {mean(key, history[-k:]):.3f}")
+    lines.append(f"KL to the reference per sequence: {mean('kl_ref', history[:k]):.2f} -> {mean('kl_ref', history[-k:]):.2f} nats "
+                 f"(max {max(h['kl_ref'] for h in history):.2f})")
+    return "\n".join(lines)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -272,5 +331,5 @@ def add_cli(subparsers) -> None:
     add("--save-every", type=int, metavar="ITERATIONS", help="checkpoint every this many iterations and at the end (default: never)")
     add("--keep-checkpoints", type=int, metavar="K", help=f"keep the newest K checkpoints (default: {d['keep_checkpoints']})")
     add("--resume", metavar="DIR", help="continue the run in DIR from its newest valid checkpoint, with its recorded settings")
-    add("--quiet", action="store_true", help="no progress bar")
+    add("--quiet", action="store_true", help="no progress bar and no before/after samples")
     parser.set_defaults(func=_main)

@@ -637,6 +637,11 @@ class TokenVectorEnv(VectorEnv):
         return self._response_lengths
 
     @property
+    def prompt_texts(self) -> tuple[str, ...]:
+        """The decoded prompt of each row's current episode."""
+        return tuple(self._prompt_texts)
+
+    @property
     def all_done(self) -> torch.Tensor:
         """0-dim bool tensor on device: no row is still generating (read it sparingly on CUDA)."""
         return ~self._alive.any()

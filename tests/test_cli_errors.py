@@ -74,6 +74,15 @@ def prepare(tmp: Path, setup: str) -> None:
         assert setup == "", setup
 
 
+def unregister_boom() -> None:
+    import gymnasium as gym
+
+    from tokengym.envs import TASKS
+
+    gym.registry.pop("tokengym/Boom-v0", None)
+    TASKS.pop("boom", None)
+
+
 def check(message: str, expected: str, tmp: Path) -> None:
     expected = expected.replace("{tmp}", str(tmp))
     if expected.endswith("…"):
@@ -91,7 +100,9 @@ def test_the_table_covers_the_required_classes():
 
 
 @pytest.mark.parametrize("what, flags, setup, expected", ROWS, ids=[r[0] for r in ROWS])
-def test_each_bad_input_gives_its_one_line(tmp_path, capsys, what, flags, setup, expected):
+def test_each_bad_input_gives_its_one_line(tmp_path, capsys, request, what, flags, setup, expected):
+    if setup == "boom-env":  # registered in this process: unregister it, so no other test sees it
+        request.addfinalizer(unregister_boom)
     prepare(tmp_path, setup)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     argv = ["train", *shlex.split(flags.replace("{tmp}", str(tmp_path)))]

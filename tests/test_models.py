@@ -104,8 +104,13 @@ def test_lora_save_load_and_one_agent_iteration(model_dirs, arch, tmp_path, one_
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gpt_neox", "phi"])
 def test_full_attention_models_step_with_a_prepared_mask(model_dirs, arch):
+    import transformers
+
     policy = Policy.from_pretrained(str(model_dirs[arch]))
-    assert CachedLM(policy.model).prepared_mask  # no host read per step (see takes_prepared_mask)
+    # no host read per step (see takes_prepared_mask); transformers 4.x re-checks a 4D mask, so there
+    # the 2D mask is kept
+    expected = int(transformers.__version__.split(".")[0]) >= 5
+    assert CachedLM(policy.model).prepared_mask == expected
 
 
 def test_sliding_window_models_keep_the_2d_mask(model_dirs):

@@ -21,7 +21,8 @@ MODEL = build_tiny_lm(vocab_size=V)
 
 
 class Ones:
-    """Reward 1 on every row at every step, acted or not: the env must zero the rows that ended."""
+    """Reward 1 on every row at every step, acted or not. On a row that ended, the env keeps the
+    step reward at exactly 0 and reports the value as a late payment (``info["late_rewards"]``)."""
 
     def reset(self, episodes):
         pass
@@ -59,6 +60,7 @@ def test_env_invariants(case):
     assert (obs["attention_mask"][:, P:] == 0).all()
     alive = [True] * B
     length = [0] * B
+    late = [0] * B
     for t, row_actions in enumerate(actions):
         obs, reward, terminated, truncated, info = envs.step(torch.tensor(row_actions))
         for b, a in enumerate(row_actions):
@@ -70,13 +72,15 @@ def test_env_invariants(case):
             assert bool(terminated[b]) == (stopped or hit_limit) and not bool(truncated[b])
             assert bool(info["hit_max_new_tokens"][b]) == hit_limit
             term, trunc = stopped, hit_limit
-            assert float(reward[b]) == (1.0 if acted else 0.0)  # zero reward after the end
+            assert float(reward[b]) == (1.0 if acted else 0.0)  # zero step reward after the end
+            assert float(info["late_rewards"][b]) == (0.0 if acted else 1.0)  # what it paid there is late
+            late[b] += not acted
             assert int(obs["attention_mask"][b, P + t]) == acted
             if acted:
                 assert int(obs["input_ids"][b, P + t]) == a
             alive[b] = acted and not (term or trunc)
         assert envs.response_lengths.tolist() == length
-        assert info["reward_components"]["one"].tolist() == [float(n) for n in length]
+        assert info["reward_components"]["one"].tolist() == [float(n + m) for n, m in zip(length, late)]
         # the mask of the response is a prefix: no valid token after an invalid one
         response_mask = obs["attention_mask"][:, P:]
         assert (response_mask[:, 1:] <= response_mask[:, :-1]).all()
