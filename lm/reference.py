@@ -32,10 +32,11 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 class IncrementalLogprobs:
     """``log π(a_t|s_t)`` of one model, stepped one token per env step through a :class:`CachedLM`.
 
-    ``start`` prefills the prompts; each call scores the step's actions and appends them. Rows that
-    did not act appended a pad, which is hidden from later steps. After a partial reset (same-step
-    autoreset) a shared cache cannot restart single rows, so :meth:`invalidate` makes the next call
-    re-prefill every row's current context in one batched forward.
+    ``start`` prefills the prompts; each call scores the step's actions, and the next call appends
+    them first (so the episode's last actions, which nothing scores after, cost no forward). Rows
+    that did not act append a pad, which is hidden from later steps. After a partial reset
+    (same-step autoreset) a shared cache cannot restart single rows, so :meth:`invalidate` makes
+    the next call re-prefill every row's current context in one batched forward.
     """
 
     def __init__(self, model: torch.nn.Module, temperature: float, context: Callable[[], ContextManager] | None = None):
@@ -43,6 +44,7 @@ class IncrementalLogprobs:
         self.temperature = float(temperature)
         self.context = context if context is not None else contextlib.nullcontext
         self.next_logprobs: torch.Tensor | None = None  # (B, V) log π(·|s_t) for the coming action
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (actions, acted) scored, not yet appended
 
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(logits.float() / self.temperature, dim=-1)  # (B, V)
@@ -50,9 +52,10 @@ class IncrementalLogprobs:
     def start(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
         with self.context():
             self.next_logprobs = self._logprobs(self.lm.prefill(prompt_ids, prompt_mask))
+        self.pending = None
 
     def invalidate(self) -> None:
-        self.next_logprobs = None
+        self.next_logprobs, self.pending = None, None
 
     def _catch_up(self, input_ids, attention_mask, prompt_width, response_lengths, acted) -> None:
         """Prefill every row's context *before* this step's action, left-packed: one forward."""
@@ -72,14 +75,20 @@ class IncrementalLogprobs:
         """
         if self.next_logprobs is None:
             self._catch_up(input_ids, attention_mask, prompt_width, response_lengths, acted)
-        logprobs = gather_logprobs(self.next_logprobs, actions)  # (B,)
+        elif self.pending is not None:
+            self._append(*self.pending)
+        self.pending = (actions, acted)
+        return gather_logprobs(self.next_logprobs, actions)  # (B,)
+
+    def _append(self, actions: torch.Tensor, acted: torch.Tensor) -> None:
+        """Advance the cache by the previous step's (B,) actions."""
         with self.context():
             logits = self.lm.step(actions)  # (B, V)
         # Rows that did not act appended a pad: hide that column and keep their position and logprobs.
         self.lm.attention_mask[:, -1] = acted.long()
         self.lm.next_positions = self.lm.next_positions - (~acted).long()[:, None]
         self.next_logprobs = torch.where(acted[:, None], self._logprobs(logits), self.next_logprobs)
-        return logprobs
+        self.pending = None
 
 
 class Reference:

@@ -260,7 +260,7 @@ def test_env_steps_the_reference_once_per_token_and_the_penalty_is_minus_beta_k1
     assert env.reference.model is ref  # the reward's ref_model is the env's one π_ref
     got, ref_steps = run_env_episode(env, policy_logprobs=policy_lp)
     assert calls.n == 0  # the agent's log-probs were used: the policy never runs in the env
-    assert widths == [P_WIDTH] + [1] * T  # one prefill at reset, then one token per step
+    assert widths == [P_WIDTH] + [1] * (T - 1)  # one prefill at reset, then one token per step but the last
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ref_steps, ref_lp[:, P_WIDTH:].T * response_mask, atol=1e-5, rtol=1e-5)
     # the per-episode KL the controller sees: Σ_t k1 over each episode, averaged over episodes

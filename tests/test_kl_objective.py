@@ -161,7 +161,7 @@ def test_reference_is_held_once_and_stepped_once_per_token_never_teacher_forced(
         lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     agent.train_iteration()
     T = env.unwrapped.max_new_tokens
-    assert widths == [env.unwrapped.prompt_width] + [1] * T  # one prefill, one token per step, no re-scoring
+    assert widths == [env.unwrapped.prompt_width] + [1] * (T - 1)  # one prefill, one token per later step, no re-scoring
 
 
 def test_without_a_kl_reward_the_agent_scores_the_same_reference_once_per_rollout():
