@@ -119,9 +119,15 @@ def test_each_bad_input_gives_its_one_line(tmp_path, capsys, request, what, flag
         assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("index", [0, 8, 36])
-def test_errors_in_a_real_process_have_no_traceback(tmp_path, index):
-    what, flags, setup, expected = ROWS[index]
+SUBPROCESS_ROWS = [  # the command-line items of the issues, each run as a user runs it
+    "env id without namespace", "negative count", "an env that needs arguments the CLI cannot pass",
+    "model path that does not exist", "prompts file with an empty line", "missing run directory",
+]
+
+
+@pytest.mark.parametrize("what", SUBPROCESS_ROWS)
+def test_errors_in_a_real_process_have_no_traceback(tmp_path, what):
+    what, flags, setup, expected = next(row for row in ROWS if row[0] == what)
     prepare(tmp_path, setup)
     result = subprocess.run(
         [sys.executable, "-m", "tokengym", "train", *shlex.split(flags.replace("{tmp}", str(tmp_path))),
