@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from tokengym.lm.io import atomic_write_dir
 from tokengym.lm.loading import load_causal_lm
 
 __all__ = ["add_cli", "export_merged"]
@@ -40,21 +39,14 @@ def export_merged(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, tru
     else:
         model = load_causal_lm(policy_dir, trust_remote_code=trust_remote_code)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         if (policy_dir / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(policy_dir, local_files_only=True).save_pretrained(tmp)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return atomic_write_dir(out_dir, write)  # an empty out_dir (checked above) is replaced
 
 
 def _export(args: argparse.Namespace) -> int:
