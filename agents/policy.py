@@ -337,8 +337,8 @@ class Policy(torch.nn.Module):
             if not shared_value:
                 with self.autocast():
                     _, hidden = forward_responses(
-                        self.value_model, input_ids, attention_mask, P, output_hidden_states=True
-                    )  # (B, P+T, H)
+                        self.value_model, input_ids, attention_mask, P, output_hidden_states=True, logits=False
+                    )  # (B, P+T, H); the value trunk's LM head is unused
             values = self.value_head(hidden[:, P - 1 : P + T - 1].float()).squeeze(-1)  # (B, T)
         return Scored(logprobs, entropy, values)
 

@@ -20,13 +20,15 @@ def forward_responses(
     prompt_width: int,
     *,
     output_hidden_states: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    logits: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(logits, hidden)`` for the T response columns of a (B, P+T) buffer.
 
     ``logits[:, t]`` (B, T, V) is the distribution that chose the token in column ``P+t`` (it is
     read at column ``P+t−1``); ``hidden`` is the (B, P+T, H) last hidden state, or None.
+    ``logits=False`` (a value trunk that only needs ``hidden``) skips the LM head but for one column.
     """
-    T = input_ids.shape[1] - prompt_width
+    T = input_ids.shape[1] - prompt_width if logits else 0
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask.long(),
@@ -35,7 +37,7 @@ def forward_responses(
         logits_to_keep=T + 1,  # columns P-1 .. P+T-1; the last one predicts past the buffer
     )
     hidden = out.hidden_states[-1] if output_hidden_states else None  # (B, P+T, H)
-    return out.logits[:, :-1], hidden  # (B, T, V)
+    return (out.logits[:, :-1] if logits else None), hidden  # (B, T, V)
 
 
 def gather_logprobs(logprobs_all: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
