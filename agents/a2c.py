@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from tokengym.agents.advantages import explained_variance, gae, masked_mean, n_step_returns, sequence_sum_mean
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
 
@@ -56,15 +58,15 @@ class A2C(Agent):
         else:
             returns = n_step_returns(rollout.rewards, rollout.values, mask, config.gamma, config.n_steps)
             advantages = returns - rollout.values  # (B, T)
-        scored = self.policy.score(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        pg_loss = -sequence_sum_mean(scored.logprobs * advantages, mask)
-        value_loss = 0.5 * sequence_sum_mean((scored.values - returns) ** 2, mask)
-        entropy = sequence_sum_mean(scored.entropy, mask)
-        loss = pg_loss + config.value_coef * value_loss - config.entropy_coef * entropy
-        self.optimizer_step(loss)
-        return {
-            "pg_loss": float(pg_loss.detach()),
-            "value_loss": float(value_loss.detach()),
-            "entropy": float(masked_mean(scored.entropy.detach(), mask)),  # per token
-            "explained_variance": float(explained_variance(rollout.values, returns, mask)),
-        }
+
+        def loss_of(rows):  # the mean over `rows` of each episode's terms (chunks accumulate)
+            scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
+            pg_loss = -sequence_sum_mean(scored.logprobs * advantages[rows], mask[rows])
+            value_loss = 0.5 * sequence_sum_mean((scored.values - returns[rows]) ** 2, mask[rows])
+            entropy = sequence_sum_mean(scored.entropy, mask[rows])
+            loss = pg_loss + config.value_coef * value_loss - config.entropy_coef * entropy
+            return loss, {"pg_loss": pg_loss, "value_loss": value_loss,
+                          "entropy": masked_mean(scored.entropy.detach(), mask[rows])}  # logged per token
+
+        stats = self.minibatch_step(torch.arange(mask.shape[0], device=mask.device), loss_of)
+        return {**stats, "explained_variance": float(explained_variance(rollout.values, returns, mask))}

@@ -60,6 +60,9 @@ class AgentConfig:
     check_done_every: int = 1
     """Read 'all rows done' on the host every this many steps to stop a rollout early (1 on CPU
     costs nothing; raise it on CUDA to avoid per-token synchronisation)."""
+    minibatch_size: int | None = None
+    """Episodes per forward/backward in an update, their gradients accumulated into one step: bounds
+    the update's memory whatever the rollout batch (None: all of a step's episodes at once)."""
     max_skipped_updates: int = 3
     """Stop with a diagnostic after this many consecutive iterations whose update was skipped
     for a non-finite reward, loss or gradient (≥ 1)."""
@@ -71,6 +74,8 @@ class AgentConfig:
         check_range("group_size", self.group_size, 1, math.inf, integer=True, high_open=True)
         check_range("check_done_every", self.check_done_every, 1, math.inf, integer=True, high_open=True)
         check_range("max_skipped_updates", self.max_skipped_updates, 1, math.inf, integer=True, high_open=True)
+        if self.minibatch_size is not None:
+            check_range("minibatch_size", self.minibatch_size, 1, math.inf, integer=True, high_open=True)
 
 
 @dataclass
@@ -209,6 +214,42 @@ class Agent(abc.ABC):
         """Backward, clip, step; a non-finite loss or gradient never reaches the weights: the step
         is skipped with a warning naming the iteration and the quantity."""
         self.optimizer.zero_grad(set_to_none=True)
+        if not self._backward(loss):
+            return False
+        return self._clip_and_step()
+
+    def minibatch_step(
+        self, rows: torch.Tensor, loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    ) -> dict[str, float]:
+        """One guarded optimizer step on the mean loss over ``rows`` (episode indices), computed in
+        chunks of at most ``config.minibatch_size`` episodes whose gradients accumulate.
+
+        ``loss_of(chunk)`` returns ``(loss, stats)``: the mean over ``chunk`` of per-episode terms
+        (every agent's loss is such a mean), so the chunks, each weighted by its share of ``rows``,
+        sum to the loss over all of them and the step is the one a single pass would take. The
+        stats (0-dim tensors) are averaged with the same weights."""
+        size = self.config.minibatch_size or len(rows)
+        if size >= len(rows):
+            loss, stats = loss_of(rows)
+            self.optimizer_step(loss)
+            return {key: float(value.detach()) for key, value in stats.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        finite = True
+        for chunk in rows.split(size):
+            share = len(chunk) / len(rows)
+            loss, stats = loss_of(chunk)
+            finite = finite and self._backward(loss * share)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + share * float(value.detach())
+        if finite:
+            self._clip_and_step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def _backward(self, loss: torch.Tensor) -> bool:
+        """``loss.backward()`` unless it is non-finite (then skipped, with a warning)."""
         if not loss.requires_grad:
             raise RuntimeError(
                 "the loss depends on no trainable parameter (requires_grad is False on every policy "
@@ -218,6 +259,10 @@ class Agent(abc.ABC):
             self._skip(f"loss = {float(loss.detach())}")
             return False
         loss.backward()
+        return True
+
+    def _clip_and_step(self) -> bool:
+        """Clip the accumulated gradient and step, unless its norm is non-finite."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)

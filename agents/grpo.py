@@ -101,16 +101,20 @@ class GRPO(Agent):
         stats: dict[str, list[float]] = {k: [] for k in ("loss", "kl", "entropy", "approx_kl", "clipfrac")}
         for _ in range(c.n_epochs):
             order = torch.randperm(b_mask.shape[0], generator=self.generator, device=b_mask.device)
-            for mb in order.chunk(c.n_minibatches):
-                mb_mask = b_mask[mb]
-                scored = self.policy.score(rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_width)
-                loss, kl = grpo_loss(
-                    scored.logprobs, rollout.logprobs[mb], rollout.ref_logprobs[mb], b_advantages[mb], mb_mask,
-                    clip_eps=c.clip_eps, beta=c.beta, kl_estimator=c.kl_estimator,
-                    length_normalization=c.length_normalization,
-                )
-                self.optimizer_step(loss)
-                approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[mb], mb_mask, c.clip_eps)
-                for key, value in zip(stats, (loss, masked_mean(kl, mb_mask), masked_mean(scored.entropy, mb_mask), approx_kl, clipfrac)):
-                    stats[key].append(float(value.detach()))
+            for mb in order.chunk(c.n_minibatches):  # one optimizer step each (micro-batched by minibatch_size)
+                mb_stats = self.minibatch_step(mb, lambda rows: self.loss(rollout, b_advantages, rows))
+                for key in stats:
+                    stats[key].append(mb_stats[key])
         return {key: sum(v) / len(v) for key, v in stats.items()}
+
+    def loss(self, rollout: Rollout, b_advantages, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``−J(θ)`` over episodes ``rows`` (a mean over them) and its diagnostics."""
+        c, mask = self.config, rollout.mask[rows]
+        scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
+        loss, kl = grpo_loss(
+            scored.logprobs, rollout.logprobs[rows], rollout.ref_logprobs[rows], b_advantages[rows], mask,
+            clip_eps=c.clip_eps, beta=c.beta, kl_estimator=c.kl_estimator, length_normalization=c.length_normalization,
+        )
+        approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[rows], mask, c.clip_eps)
+        return loss, {"loss": loss, "kl": masked_mean(kl, mask), "entropy": masked_mean(scored.entropy, mask),
+                      "approx_kl": approx_kl, "clipfrac": clipfrac}

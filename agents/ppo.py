@@ -96,25 +96,30 @@ class PPO(Agent):
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
         for epoch in range(c.n_epochs):
             order = torch.randperm(B, generator=self.generator, device=b_mask.device)
-            for mb in order.chunk(c.n_minibatches):
-                mb_mask = b_mask[mb]
-                scored = self.policy.score(rollout.input_ids[mb], rollout.attention_mask[mb], rollout.prompt_width)
-                pg_loss = ppo_clip_loss(scored.logprobs, rollout.logprobs[mb], b_advantages[mb], mb_mask, c.clip_eps)
-                value_error = (scored.values - b_returns[mb]) ** 2  # (b, T)
-                if c.value_clip is not None:  # clip the value change, as in PPO2/cleanrl
-                    mb_old_values = rollout.values[mb]
-                    clipped_values = mb_old_values + (scored.values - mb_old_values).clamp(-c.value_clip, c.value_clip)
-                    value_error = torch.maximum(value_error, (clipped_values - b_returns[mb]) ** 2)
-                value_loss = 0.5 * sequence_sum_mean(value_error, mb_mask)
-                entropy = sequence_sum_mean(scored.entropy, mb_mask)
-                self.optimizer_step(pg_loss + c.value_coef * value_loss - c.entropy_coef * entropy)
-                approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[mb], mb_mask, c.clip_eps)
-                token_entropy = masked_mean(scored.entropy.detach(), mb_mask)  # logged per token
-                for key, value in zip(stats, (pg_loss, value_loss, token_entropy, approx_kl, clipfrac)):
-                    stats[key].append(float(value.detach()))
+            for mb in order.chunk(c.n_minibatches):  # one optimizer step each (micro-batched by minibatch_size)
+                mb_stats = self.minibatch_step(mb, lambda rows: self.loss(rollout, b_advantages, b_returns, rows))
+                for key in stats:
+                    stats[key].append(mb_stats[key])
             if c.target_kl is not None and stats["approx_kl"][-1] > 1.5 * c.target_kl:
                 break  # early stop (cleanrl uses the same test per minibatch; we check per epoch)
         summary = {key: sum(v) / len(v) for key, v in stats.items()}
         summary["epochs"] = epoch + 1
         summary["explained_variance"] = float(explained_variance(rollout.values, b_returns, b_mask))
         return summary
+
+    def loss(self, rollout: Rollout, b_advantages, b_returns, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The clipped objective, value loss and entropy bonus: the mean over episodes ``rows``."""
+        c, mask = self.config, rollout.mask[rows]
+        scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
+        pg_loss = ppo_clip_loss(scored.logprobs, rollout.logprobs[rows], b_advantages[rows], mask, c.clip_eps)
+        value_error = (scored.values - b_returns[rows]) ** 2  # (b, T)
+        if c.value_clip is not None:  # clip the value change, as in PPO2/cleanrl
+            old_values = rollout.values[rows]
+            clipped_values = old_values + (scored.values - old_values).clamp(-c.value_clip, c.value_clip)
+            value_error = torch.maximum(value_error, (clipped_values - b_returns[rows]) ** 2)
+        value_loss = 0.5 * sequence_sum_mean(value_error, mask)
+        entropy = sequence_sum_mean(scored.entropy, mask)
+        approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[rows], mask, c.clip_eps)
+        loss = pg_loss + c.value_coef * value_loss - c.entropy_coef * entropy
+        return loss, {"pg_loss": pg_loss, "value_loss": value_loss, "approx_kl": approx_kl, "clipfrac": clipfrac,
+                      "entropy": masked_mean(scored.entropy.detach(), mask)}  # logged per token

@@ -68,21 +68,27 @@ class REINFORCE(Agent):
             return leave_one_out_baseline(episode_returns, self.config.group_size)[:, None].expand_as(returns)
         return torch.zeros_like(returns)
 
-    def loss(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
-        """The surrogate whose gradient is the REINFORCE estimate (also used by the gradient test)."""
-        mask = rollout.mask
-        returns = discounted_returns(rollout.rewards, mask, self.config.gamma)  # (B, T)
-        advantages = torch.where(mask, returns - self.baseline(returns, mask), 0.0)  # (B, T)
-        scored = self.policy.score(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        pg_loss = -sequence_sum_mean(scored.logprobs * advantages, mask)
+    def advantages(self, rollout: Rollout) -> torch.Tensor:
+        """(B, T) reward-to-go minus the baseline (a moving average takes this batch in once)."""
+        returns = discounted_returns(rollout.rewards, rollout.mask, self.config.gamma)  # (B, T)
+        return torch.where(rollout.mask, returns - self.baseline(returns, rollout.mask), 0.0)  # (B, T)
+
+    def loss(self, rollout: Rollout, advantages: torch.Tensor | None = None, rows: torch.Tensor | None = None):
+        """The surrogate whose gradient is the REINFORCE estimate, as a mean over episodes ``rows``
+        (default: all; also used by the gradient test), and its diagnostics."""
+        advantages = self.advantages(rollout) if advantages is None else advantages
+        rows = torch.arange(rollout.mask.shape[0], device=rollout.mask.device) if rows is None else rows
+        mask = rollout.mask[rows]
+        scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
+        pg_loss = -sequence_sum_mean(scored.logprobs * advantages[rows], mask)
         entropy = sequence_sum_mean(scored.entropy, mask)
         loss = pg_loss - self.config.entropy_coef * entropy
-        return loss, {"pg_loss": float(pg_loss.detach()), "entropy": float(masked_mean(scored.entropy.detach(), mask))}
+        return loss, {"pg_loss": pg_loss, "entropy": masked_mean(scored.entropy.detach(), mask)}
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        loss, stats = self.loss(rollout)
-        self.optimizer_step(loss)
-        return stats
+        advantages = self.advantages(rollout)
+        rows = torch.arange(rollout.mask.shape[0], device=rollout.mask.device)
+        return self.minibatch_step(rows, lambda chunk: self.loss(rollout, advantages, chunk))
 
     def extra_state(self) -> dict:
         return {"moving_average": torch.as_tensor(self.moving_average.value)}

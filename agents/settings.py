@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 16,
     "group_size": None,
     "lr": None,
+    "minibatch_size": None,
     "max_new_tokens": None,
     "min_new_tokens": None,
     "temperature": 1.0,
@@ -249,10 +250,13 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
 
     # Agent config: named flags, then --set FIELD=VALUE, then the dataclass's own checks.
     config_fields = {f.name for f in fields(agent_class.config_class)}
-    flagged = {"lr": "--lr", "group_size": "--group-size", "seed": "--seed", "beta": "--beta", "kl_estimator": "--kl-estimator"}
+    flagged = {"lr": "--lr", "minibatch_size": "--minibatch-size", "group_size": "--group-size", "seed": "--seed", "beta": "--beta", "kl_estimator": "--kl-estimator"}
     kwargs: dict[str, Any] = {"seed": s["seed"]}
     if s["lr"] is not None:
         kwargs["lr"] = s["lr"]
+    if s["minibatch_size"] is not None:
+        _check_number("--minibatch-size", s["minibatch_size"], low=1, integer=True)
+        kwargs["minibatch_size"] = s["minibatch_size"]
     if grpo and s["beta"] is not None:
         kwargs["beta"] = s["beta"]
     if grpo and s["kl_estimator"] is not None:

@@ -316,6 +316,8 @@ def add_cli(subparsers) -> None:
     add("--episodes", type=int, metavar="N", help=f"episodes to train for (default: {d['episodes']})")
     add("--batch-size", type=int, metavar="N", help=f"episodes per iteration (num_envs) (default: {d['batch_size']})")
     add("--group-size", type=int, metavar="G", help="samples per prompt: GRPO, REINFORCE with the leave-one-out baseline (default: the agent's)")
+    add("--minibatch-size", type=int, metavar="N", help="episodes per forward/backward in an update, gradients "
+        "accumulated: bounds the update's memory (default: all of a step's episodes at once)")
     add("--lr", type=float, metavar="F", help="learning rate (default: the agent's)")
     add("--max-new-tokens", type=int, metavar="T", help="episode length T (default: the env's)")
     add("--min-new-tokens", type=int, metavar="M", help="a stop token before M actions is an ordinary token: guards against a policy that stops early to dodge the KL penalty (default: 0)")

@@ -232,3 +232,38 @@ def test_agents_approach_the_kl_regularised_optimum(agent_class, config):
     final = sum(kls[-3:]) / 3
     assert start > 0.4  # π_ref is far from π*: the test has room to fail
     assert final < 0.2 * start, (start, kls)
+
+
+@pytest.mark.parametrize(
+    "agent_class, config",
+    [
+        (REINFORCE, REINFORCEConfig(lr=1e-2, baseline="leave-one-out", group_size=4)),
+        (A2C, A2CConfig(lr=1e-2)),
+        (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2, target_kl=None)),
+        (GRPO, GRPOConfig(lr=1e-2, group_size=4)),
+    ],
+    ids=["reinforce", "a2c", "ppo", "grpo"],
+)
+def test_micro_batched_updates_equal_the_full_batch_update(agent_class, config):
+    """minibatch_size bounds an update's memory: gradients of chunks of 3 episodes accumulate into
+    the very step one pass over all 8 would take (the loss is a mean over episodes)."""
+    import dataclasses
+
+    def trained(minibatch_size):
+        agent = agent_class(calibration_env(num_envs=8, reward="kl-shaped", reward_kwargs={"beta": 0.5}),
+                            dataclasses.replace(config, minibatch_size=minibatch_size))
+        # SGD, not Adam: Adam divides by √v, which turns float-rounding noise in near-zero gradients
+        # (unused tokens' embeddings) into ±lr steps; SGD keeps a gradient difference as small as it is.
+        agent.optimizer = torch.optim.SGD(agent.policy.parameters(), lr=0.5)
+        history = [agent.train_iteration() for _ in range(3)]
+        return agent, history
+
+    full, full_history = trained(None)
+    micro, micro_history = trained(3)  # chunks of 3, 3, 2: unequal shares are weighted
+    assert [h["reward"] for h in micro_history] == pytest.approx([h["reward"] for h in full_history], abs=1e-5)
+    moved = False
+    for a, b, start in zip(full.policy.parameters(), micro.policy.parameters(),
+                           agent_class(calibration_env(num_envs=8), config).policy.parameters()):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+        moved |= not torch.allclose(a, start)
+    assert moved  # the updates changed the weights: the comparison is not of two untouched models
