@@ -239,9 +239,11 @@ class Agent(abc.ABC):
         for chunk in rows.split(size):
             share = len(chunk) / len(rows)
             loss, stats = loss_of(chunk)
-            finite = finite and self._backward(loss * share)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + share * float(value.detach())
+            if not self._backward(loss * share):  # one non-finite chunk skips the whole step, once
+                finite = False
+                break
         if finite:
             self._clip_and_step()
         else:

@@ -62,7 +62,7 @@ class NaNReward:
 
 def inject(agent, where):
     if where == "loss":
-        agent.loss = lambda rollout: (next(agent.policy.parameters()).sum() * math.nan, {})
+        agent.loss = lambda *args, **kwargs: (next(agent.policy.parameters()).sum() * math.nan, {})
     elif where == "gradient":
         next(agent.policy.parameters()).register_hook(lambda grad: grad * math.inf)
     else:
@@ -88,7 +88,7 @@ def test_each_fault_skips_the_update_warns_then_stops(where, quantity):
 def test_a_finite_update_resets_the_count():
     agent = REINFORCE(calibration_env(), REINFORCEConfig(lr=1e-2, max_skipped_updates=2))
     loss = agent.loss
-    agent.loss = lambda rollout: (next(agent.policy.parameters()).sum() * math.nan, {})
+    agent.loss = lambda *args, **kwargs: (next(agent.policy.parameters()).sum() * math.nan, {})
     with pytest.warns(RuntimeWarning):
         agent.train_iteration()
     agent.loss = loss
