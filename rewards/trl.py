@@ -2,7 +2,7 @@
 
 A TRL reward function is ``f(prompts, completions, completion_ids, **columns) -> list[float | None]``
 (see :class:`~tokengym.rewards.scorers.TRLRewardFunction`). :class:`TRLReward` calls each function
-on finished episodes and pays ``w_k · f_k(x, y)`` holistically (DESIGN.md §2:
+on finished episodes and pays ``w_k · f_k(x, y)`` holistically (docs/rewards.md:
 ``r_t = R(x, y)`` on the episode's last step), each function as its own component.
 
 When it calls them:

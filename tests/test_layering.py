@@ -110,3 +110,9 @@ def test_public_surface_exports_what_a_user_types_each_with_a_docstring():
         assert inspect.isabstract(abstract), abstract
         with pytest.raises(TypeError, match="abstract"):
             abstract()  # fails at construction, before any rollout
+
+
+def test_docstrings_cite_sources_that_exist():
+    """DESIGN.md lives outside the repository: code cites docs/ (or seeds and papers) instead."""
+    citing = [str(path.relative_to(ROOT)) for _, path, _ in package_files() if "DESIGN.md" in path.read_text()]
+    assert not citing, f"cite docs/*.md, not DESIGN.md: {citing}"
