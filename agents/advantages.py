@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tokengym.lm.distributed import sum_across_ranks
+
 __all__ = [
     "discounted_returns",
     "gae",
@@ -166,13 +168,23 @@ def masked_var(
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """``(x − mean) / std`` over the valid entries (0 elsewhere); ``shift_mean=False`` keeps the mean.
 
-    ``shift_mean=False`` only rescales (TRL whitens rewards this way, keeping their mean).
+    ``shift_mean=False`` only rescales (TRL whitens rewards this way, keeping their mean). In a
+    data-parallel run the mean and the (unbiased) variance are those of every rank's valid
+    entries, so N ranks whiten exactly as one process holding the global batch would.
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + 1e-8)
+    mean, count = _global_masked_sum(x, mask)
+    mean = mean / count
+    squares, _ = _global_masked_sum((x - mean) ** 2, mask)
+    whitened = (x - mean) * torch.rsqrt(squares / (count - 1) + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask, whitened, 0.0)
+
+
+def _global_masked_sum(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ x over the valid entries, their number), each 0-dim in ``x``'s dtype, summed over ranks."""
+    totals = sum_across_ranks(torch.stack([torch.where(mask, x, 0.0).sum(), mask.sum().to(x.dtype)]))
+    return totals[0].to(x.dtype), totals[1].to(x.dtype)
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -245,10 +257,12 @@ class MovingAverageBaseline:
         """The baseline for this batch (from earlier batches only), then fold ``returns`` in.
 
         Using the value from before the update keeps the baseline independent of this batch's
-        samples, so the REINFORCE gradient stays unbiased.
+        samples, so the REINFORCE gradient stays unbiased. In a data-parallel run ``returns`` are
+        this rank's and the mean is over every rank's.
         """
         baseline = torch.as_tensor(self.value, dtype=returns.dtype, device=returns.device)
-        self.value = self.momentum * baseline + (1 - self.momentum) * returns.mean()
+        total, count = sum_across_ranks(torch.stack([returns.sum(), returns.new_tensor(returns.numel())]))
+        self.value = self.momentum * baseline + (1 - self.momentum) * (total / count).to(returns.dtype)
         return baseline
 
 

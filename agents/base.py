@@ -23,6 +23,7 @@ import torch
 
 from tokengym.agents.policy import Policy
 from tokengym.envs.token_env import TokenVectorEnv
+from tokengym.lm import distributed
 from tokengym.lm.reference import Reference
 
 __all__ = ["AgentConfig", "Agent", "NonFiniteUpdateError", "Rollout", "check_range"]
@@ -137,7 +138,13 @@ class Agent(abc.ABC):
             raise ValueError(
                 f"group_size={config.group_size} must divide the batch (num_envs={env.num_envs})"
             )
+        if env.shard != distributed.world():
+            raise ValueError(
+                f"the env is shard {env.shard} (rank, world_size) but this process is rank "
+                f"{distributed.world()} of torch.distributed; build the env after init_process_group"
+            )
         self.env, self.config = env, config
+        self.world_size = env.shard[1]
         torch.manual_seed(config.seed)
         if policy is None:
             policy = Policy.from_pretrained(env.model, device=env.device, value_head=self.needs_values)
@@ -152,6 +159,7 @@ class Agent(abc.ABC):
         if self.needs_values and policy.value_head is None:
             raise ValueError(f"{type(self).__name__} needs a policy with a value function (value_head=True)")
         self.policy = policy
+        distributed.broadcast_parameters(policy)  # every rank starts from rank 0's weights, as in DDP
         if policy.is_lora:  # π_ref is the policy's own base with adapters off: no second copy
             env.set_reference(Reference.adapters_off(policy.model, env.sampling.temperature))
         self.reference: Reference = env.reference
@@ -180,7 +188,7 @@ class Agent(abc.ABC):
         values = torch.zeros(B, T, device=env.device) if policy.value_head is not None else None
         ref_logprobs = torch.zeros(B, T, device=env.device) if env.steps_reference else None
         for t in range(T):
-            step = policy.act(self.generator)
+            step = policy.act(self.generator, env.shard)
             obs, reward, _, _, info = env.step(step.actions, logprobs=step.logprobs)
             logprobs[:, t] = step.logprobs
             rewards[:, t] = reward
@@ -190,7 +198,7 @@ class Agent(abc.ABC):
                 late_rewards += info["late_rewards"]
             if values is not None:
                 values[:, t] = step.values
-            if t + 1 == T or ((t + 1) % config.check_done_every == 0 and bool(env.all_done)):
+            if t + 1 == T or ((t + 1) % config.check_done_every == 0 and distributed.all_ranks(env.all_done, env.device)):
                 break
             policy.advance(step.actions)
         input_ids, attention_mask = obs["input_ids"], obs["attention_mask"].bool()
@@ -214,41 +222,54 @@ class Agent(abc.ABC):
         """Backward, clip, step; a non-finite loss or gradient never reaches the weights: the step
         is skipped with a warning naming the iteration and the quantity."""
         self.optimizer.zero_grad(set_to_none=True)
-        if not self._backward(loss):
-            return False
-        return self._clip_and_step()
+        return self._finish_step(self._backward(loss), loss.device)
 
     def minibatch_step(
-        self, rows: torch.Tensor, loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+        self,
+        rows: torch.Tensor,
+        loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        global_rows: int | None = None,
     ) -> dict[str, float]:
-        """One guarded optimizer step on the mean loss over ``rows`` (episode indices), computed in
-        chunks of at most ``config.minibatch_size`` episodes whose gradients accumulate.
+        """One guarded optimizer step on the mean loss over a minibatch, of which ``rows`` (episode
+        indices) are this rank's part; ``global_rows`` is the minibatch's size over all ranks
+        (default: ``len(rows) × world_size``). The loss is computed in chunks of at most
+        ``config.minibatch_size`` episodes whose gradients accumulate.
 
         ``loss_of(chunk)`` returns ``(loss, stats)``: the mean over ``chunk`` of per-episode terms
-        (every agent's loss is such a mean), so the chunks, each weighted by its share of ``rows``,
-        sum to the loss over all of them and the step is the one a single pass would take. The
-        stats (0-dim tensors) are averaged with the same weights."""
-        size = self.config.minibatch_size or len(rows)
-        if size >= len(rows):
-            loss, stats = loss_of(rows)
-            self.optimizer_step(loss)
-            return {key: float(value.detach()) for key, value in stats.items()}
+        (every agent's loss is such a mean). Each chunk is weighted by its share of the global
+        minibatch, and the gradients are summed over ranks, so the step is the one a single process
+        holding the whole minibatch would take. The stats (0-dim tensors) are averaged with the same
+        weights over all ranks. A non-finite loss or gradient on any rank skips the step on all."""
+        global_rows = global_rows if global_rows is not None else len(rows) * self.world_size
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        if len(rows) == 0:  # this rank holds none of the minibatch: a zero-weight pass keeps it in step
+            rows, global_rows = torch.zeros(1, dtype=torch.long, device=rows.device), math.inf
+        totals: dict[str, torch.Tensor] = {}
         finite = True
-        for chunk in rows.split(size):
-            share = len(chunk) / len(rows)
+        for chunk in rows.split(self.config.minibatch_size or len(rows)):
+            share = len(chunk) / global_rows
             loss, stats = loss_of(chunk)
             for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + share * float(value.detach())
+                totals[key] = totals.get(key, 0.0) + share * value.detach()
             if not self._backward(loss * share):  # one non-finite chunk skips the whole step, once
                 finite = False
                 break
-        if finite:
-            self._clip_and_step()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-        return totals
+        self._finish_step(finite, loss.device)
+        if not totals:
+            return {}
+        summed = distributed.sum_across_ranks(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in totals.values()]))
+        return dict(zip(totals, summed.tolist()))
+
+    def minibatches(self, n: int):
+        """Split this iteration's global batch (``world_size × num_envs`` rows) into ``n`` shuffled
+        minibatches, the same on every rank; yields ``(this rank's rows of each, its global size)``
+        for :meth:`minibatch_step`, so N ranks take exactly the steps one process would."""
+        B = self.env.num_envs
+        rank = self.env.shard[0]
+        order = torch.randperm(self.world_size * B, generator=self.generator, device=self.generator.device)
+        for minibatch in order.chunk(n):
+            mine = minibatch[(minibatch >= rank * B) & (minibatch < (rank + 1) * B)] - rank * B
+            yield mine.to(self.env.device), len(minibatch)
 
     def _backward(self, loss: torch.Tensor) -> bool:
         """``loss.backward()`` unless it is non-finite (then skipped, with a warning)."""
@@ -262,6 +283,17 @@ class Agent(abc.ABC):
             return False
         loss.backward()
         return True
+
+    def _finish_step(self, finite: bool, device: torch.device) -> bool:
+        """Sum the accumulated gradients over ranks, then clip and step; unless the loss was
+        non-finite on any rank, in which case every rank skips the step."""
+        if distributed.all_ranks(finite, device):
+            distributed.sum_gradients(self.policy.parameters())
+            return self._clip_and_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite:
+            self._skip("loss on another rank")
+        return False
 
     def _clip_and_step(self) -> bool:
         """Clip the accumulated gradient and step, unless its norm is non-finite."""
@@ -295,10 +327,10 @@ class Agent(abc.ABC):
         from tqdm.auto import tqdm
 
         target = self.episodes + total_episodes
-        bar = tqdm(total=total_episodes, disable=not progress, unit="ep", dynamic_ncols=True)
+        bar = tqdm(total=total_episodes, disable=not progress or self.env.shard[0] != 0, unit="ep", dynamic_ncols=True)
         while self.episodes < target:
             stats = self.train_iteration()
-            bar.update(self.env.num_envs)
+            bar.update(self.world_size * self.env.num_envs)
             bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl_ref']:.3f}")
             if callback is not None and callback(stats) is False:
                 break
@@ -315,9 +347,10 @@ class Agent(abc.ABC):
         beta = {"beta": update_beta()} if callable(update_beta) else {}
         self._skipped_now = []
         bad_rewards = ~torch.isfinite(rollout.rewards).all(-1)  # (B,) one host read per iteration
-        if bool(bad_rewards.any()):
+        if not distributed.all_ranks(~bad_rewards.any(), bad_rewards.device):
             rows = bad_rewards.nonzero().flatten().tolist()
-            self._skip(f"reward in rows {rows[:8]}{' …' if len(rows) > 8 else ''}")
+            where = f"rows {rows[:8]}{' …' if len(rows) > 8 else ''}" if rows else "another rank's rows"
+            self._skip(f"reward in {where}")
             diagnostics = {}
         else:
             self.policy.train()
@@ -335,16 +368,20 @@ class Agent(abc.ABC):
         tokens = int(rollout.mask.sum())
         sequence_kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.mask).sum(-1)  # (B,) k1 per sequence
         self.iteration += 1
-        self.episodes += self.env.num_envs
+        self.episodes += self.world_size * self.env.num_envs
+        per_rank = {  # means over this rank's episodes; ranks hold equally many, so their mean is the global one
+            "reward": rollout.scores.mean(),
+            **{f"reward/{k}": v.mean() for k, v in rollout.components.items()},
+            "kl_ref": sequence_kl.mean(),
+            "response_tokens": torch.as_tensor(tokens / self.env.num_envs),
+            "tokens_per_s": torch.as_tensor(self.world_size * tokens / seconds),  # the whole run's throughput
+            "rollout_tokens_per_s": torch.as_tensor(self.world_size * tokens / rollout_seconds),
+        }
+        means = distributed.mean_across_ranks(torch.stack([v.to(self.env.device, torch.float64) for v in per_rank.values()]))
         stats = {
             "iteration": self.iteration,
             "episodes": self.episodes,
-            "reward": float(rollout.scores.mean()),
-            **{f"reward/{k}": float(v.mean()) for k, v in rollout.components.items()},
-            "kl_ref": float(sequence_kl.mean()),
-            "response_tokens": tokens / self.env.num_envs,
-            "tokens_per_s": tokens / seconds,
-            "rollout_tokens_per_s": tokens / rollout_seconds,
+            **dict(zip(per_rank, means.tolist())),
             "skipped_updates": self.skipped_updates,
             **beta,
             **diagnostics,

@@ -96,13 +96,12 @@ class GRPO(Agent):
             raise ValueError(f"n_minibatches={self.config.n_minibatches} exceeds the batch (num_envs={self.env.num_envs})")
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        c, b_mask = self.config, rollout.mask
+        c = self.config
         b_advantages = group_advantages(rollout.scores, c.group_size, c.adv_eps, c.scale_rewards)  # (B,)
         stats: dict[str, list[float]] = {k: [] for k in ("loss", "kl", "entropy", "approx_kl", "clipfrac")}
         for _ in range(c.n_epochs):
-            order = torch.randperm(b_mask.shape[0], generator=self.generator, device=b_mask.device)
-            for mb in order.chunk(c.n_minibatches):  # one optimizer step each (micro-batched by minibatch_size)
-                mb_stats = self.minibatch_step(mb, lambda rows: self.loss(rollout, b_advantages, rows))
+            for mb, size in self.minibatches(c.n_minibatches):  # one optimizer step each (micro-batched by minibatch_size)
+                mb_stats = self.minibatch_step(mb, lambda rows: self.loss(rollout, b_advantages, rows), size)
                 for key in stats:
                     stats[key].append(mb_stats[key])
         return {key: sum(v) / len(v) for key, v in stats.items()}

@@ -281,9 +281,10 @@ class Policy(torch.nn.Module):
                 self._value_lm.prefill(prompt_ids, prompt_mask)
 
     @torch.no_grad()
-    def act(self, generator: torch.Generator | None = None) -> PolicyStep:
+    def act(self, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> PolicyStep:
         """Sample one action per row from the current state; a seeded ``generator`` (on the
-        policy's device) makes it reproducible."""
+        policy's device) makes it reproducible. ``shard``: the rows are one rank's slice of a
+        data-parallel batch (:func:`~tokengym.lm.sampling.sample`)."""
         if self._logits is None:
             raise RuntimeError("Policy.act called before Policy.begin(prompt_ids, prompt_mask)")
         sampling = self.sampling
@@ -292,7 +293,7 @@ class Policy(torch.nn.Module):
             probs = filter_logits(logprobs_all, sampling.top_k, sampling.top_p).softmax(dim=-1)  # (B, V)
         else:
             probs = logprobs_all.exp()  # (B, V)
-        actions = sample(probs, generator)  # (B,)
+        actions = sample(probs, generator, shard)  # (B,)
         logprobs = gather_logprobs(logprobs_all, actions)  # (B,)
         return PolicyStep(actions, logprobs, self._rollout_values())
 

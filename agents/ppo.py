@@ -92,12 +92,10 @@ class PPO(Agent):
         b_advantages, b_returns = gae(rollout.rewards, rollout.values, b_mask, c.gamma, c.gae_lambda)
         if c.whiten_advantages:
             b_advantages = masked_whiten(b_advantages, b_mask)
-        B = b_mask.shape[0]
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
         for epoch in range(c.n_epochs):
-            order = torch.randperm(B, generator=self.generator, device=b_mask.device)
-            for mb in order.chunk(c.n_minibatches):  # one optimizer step each (micro-batched by minibatch_size)
-                mb_stats = self.minibatch_step(mb, lambda rows: self.loss(rollout, b_advantages, b_returns, rows))
+            for mb, size in self.minibatches(c.n_minibatches):  # one optimizer step each (micro-batched by minibatch_size)
+                mb_stats = self.minibatch_step(mb, lambda rows: self.loss(rollout, b_advantages, b_returns, rows), size)
                 for key in stats:
                     stats[key].append(mb_stats[key])
             if c.target_kl is not None and stats["approx_kl"][-1] > 1.5 * c.target_kl:

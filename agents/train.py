@@ -78,15 +78,43 @@ def _say(message: str) -> None:
 
 
 def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: bool = True) -> list[dict]:
-    """Build the env and the agent, train (resuming from the newest valid checkpoint), write outputs."""
-    import gymnasium as gym
+    """Build the env and the agent, train (resuming from the newest valid checkpoint), write outputs.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process runs this: each rank
+    trains its shard of the global batch, and rank 0 alone writes (``docs/architecture.md``)."""
+    from tokengym.lm import distributed
+
+    with distributed.process_group(settings["device"]) as device:
+        _check_world_size(run_dir, resuming)
+        plan.env_kwargs["device"] = device
+        return _run(settings, plan, run_dir, resuming, progress and distributed.world()[0] == 0)
+
+
+def _check_world_size(run_dir: Path, resuming: bool) -> None:
+    """A resumed run continues with the number of processes it was started with (the global batch
+    is ``world_size × --batch-size``)."""
+    from tokengym.lm.distributed import world
+
+    if resuming:
+        recorded = json.loads((run_dir / RUN_FILE).read_text()).get("world_size", 1)
+        if recorded != world()[1]:
+            raise bad_value("--resume", str(run_dir), f"the {recorded} process(es) it was started with "
+                            f"(torchrun --nproc-per-node {recorded}); this launch has {world()[1]}")
+
+
+def _run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: bool) -> list[dict]:
+    import contextlib
+
     from tqdm.auto import tqdm
 
     import tokengym.envs  # noqa: F401  (registers the envs)
     from tokengym.agents import checkpoint
     from tokengym.agents.alarm import OveroptimizationAlarm
+    from tokengym.lm.distributed import world
 
     s = settings
+    rank, world_size = world()
+    writer = rank == 0  # the one process that writes files and speaks
     run_id = _run_id(s)
     path = None
     if resuming:  # choose the checkpoint before loading anything
@@ -96,33 +124,38 @@ def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: boo
             raise bad_value("--resume", str(run_dir), f"a valid checkpoint; none of the {len(skipped)} in "
                             f"{run_dir / checkpoint.CHECKPOINTS} is ({reasons})")
         for p, reason in skipped:
-            _say(f"skipping checkpoint {p}: {reason}")
+            if writer:
+                _say(f"skipping checkpoint {p}: {reason}")
     envs, learner = _build(s, plan)
 
     metrics_path = run_dir / METRICS_FILE
     if resuming:
-        checkpoint.remove_partial(run_dir)
-        if path is None:
-            _say(f"{run_dir} has no checkpoint yet: restarting the run from iteration 0")
-        else:
-            checkpoint.restore(learner, path)
-            _say(f"resuming from {path} (iteration {learner.iteration}, {learner.episodes} episodes)")
-        _write_metrics(metrics_path, learner.history)  # drop iterations after the checkpoint
-    else:
+        if path is not None:
+            checkpoint.restore(learner, path)  # every rank: they all continue from rank 0's state
+        if writer:
+            checkpoint.remove_partial(run_dir)
+            _say(f"resuming from {path} (iteration {learner.iteration}, {learner.episodes} episodes)" if path else
+                 f"{run_dir} has no checkpoint yet: restarting the run from iteration 0")
+            _write_metrics(metrics_path, learner.history)  # drop iterations after the checkpoint
+    elif writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(run_dir / RUN_FILE, {"tokengym_run": 1, "run_id": run_id, "settings": s})
+        _write_json_atomic(run_dir / RUN_FILE, {"tokengym_run": 1, "run_id": run_id, "settings": s,
+                                                "world_size": world_size})
         _write_metrics(metrics_path, [])
 
     alarm = OveroptimizationAlarm(max_kl=s["kl_alarm"], min_entropy=s["entropy_alarm"])
     total = s["episodes"]
     bar = tqdm(total=total, initial=min(learner.episodes, total), unit="ep", disable=not progress,
                dynamic_ncols=True, desc=f"{s['agent']} {s['env']}")
-    with metrics_path.open("a") as metrics, bar:  # the bar closes (and leaves its line) on errors too
+    metrics_file = metrics_path.open("a") if writer else contextlib.nullcontext()
+    with metrics_file as metrics, bar:  # the bar closes (and leaves its line) on errors too
         while learner.episodes < total:
             stats = learner.train_iteration()
+            bar.update(world_size * s["batch_size"])
+            if not writer:
+                continue
             metrics.write(json.dumps(stats) + "\n")
             metrics.flush()
-            bar.update(s["batch_size"])
             bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl_ref']:.2f}")
             with warnings.catch_warnings():  # the alarm speaks once per quantity, as one line
                 warnings.simplefilter("ignore")
@@ -133,6 +166,8 @@ def run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: boo
                 os.fsync(metrics.fileno())
                 checkpoint.write_checkpoint(learner, run_dir, run_id, s["keep_checkpoints"])
     history = learner.history
+    if not writer:
+        return history
     if progress:
         show_samples(learner)
     plot_curve(history, run_dir / "curve.png", title=f"{s['agent']} on {s['env']} ({s['reward'] or 'default reward'})")
@@ -176,7 +211,7 @@ def _reward_model_reward(spec: dict, env_kwargs: dict, s: dict):
     from tokengym.rewards import make_reward
     from tokengym.rewards.classifier import SequenceClassifierScorer
 
-    scorer = SequenceClassifierScorer(spec["name"], device=s["device"], label=spec["label"],
+    scorer = SequenceClassifierScorer(spec["name"], device=env_kwargs.get("device", s["device"]), label=spec["label"],
                                       trust_remote_code=s["trust_remote_code"])
     tokenizer = env_kwargs.get("tokenizer") or load_tokenizer(
         env_kwargs.get("model", "embedded"), trust_remote_code=s["trust_remote_code"])

@@ -15,6 +15,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from tokengym.envs.tasks import Task, get_task
+from tokengym.lm.distributed import world
 from tokengym.lm.loading import load_model_config, load_tokenizer, max_positions, vocab_width
 from tokengym.lm.reference import IncrementalLogprobs, Reference, frozen_copy
 from tokengym.lm.sampling import SamplingConfig
@@ -31,6 +32,15 @@ _AUTORESET_MODES = {
     "same-step": AutoresetMode.SAME_STEP,
     AutoresetMode.SAME_STEP: AutoresetMode.SAME_STEP,
 }
+
+
+def _check_shard(shard) -> tuple[int, int]:
+    """``shard`` as ``(rank, world_size)`` with ``0 <= rank < world_size``, or a ValueError."""
+    ok = isinstance(shard, (tuple, list)) and len(shard) == 2
+    ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in shard) and 0 <= shard[0] < shard[1]
+    if not ok:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    return int(shard[0]), int(shard[1])
 
 
 class TokenVectorEnv(VectorEnv):
@@ -149,6 +159,11 @@ class TokenVectorEnv(VectorEnv):
     * ``device``: where every tensor lives. ``check_actions``: range-check actions each step (a
       host read on CUDA; our own agents never emit out-of-range ids and may switch it off).
     * ``copy_observations``: return copies (default) rather than views of the live buffers.
+    * ``shard``: ``(rank, world_size)`` of a data-parallel run (default: torch.distributed's, else
+      ``(0, 1)``). The env is then one rank's slice of a global batch of ``world_size × num_envs``
+      rows: ``reset`` draws the whole global batch's prompts with ``np_random`` (seeded alike on
+      every rank) and keeps rows ``rank·num_envs … (rank+1)·num_envs − 1``, so N ranks of B/N rows
+      hold exactly the rows one process of B would (GRPO groups never straddle ranks).
 
     ## Example
 
@@ -193,6 +208,7 @@ class TokenVectorEnv(VectorEnv):
         copy_observations: bool = True,
         trust_remote_code: bool = False,
         render_mode: str | None = None,
+        shard: tuple[int, int] | None = None,
     ):
         task = get_task(task) if task is not None else Task(name="custom")
         if not isinstance(num_envs, int) or num_envs < 1:
@@ -211,6 +227,7 @@ class TokenVectorEnv(VectorEnv):
         self.check_actions = check_actions
         self.copy_observations = copy_observations
         self.metadata = {**self.metadata, "autoreset_mode": _AUTORESET_MODES[autoreset_mode]}
+        self.shard = _check_shard(shard if shard is not None else world())
 
         # Model and tokenizer: the env needs only V, the context length and the tokenizer.
         self.model = model if model is not None else task.model
@@ -400,7 +417,9 @@ class TokenVectorEnv(VectorEnv):
                     f"it needs {n // group_size}"
                 )
         else:
-            idx = self.np_random.integers(0, len(self._prompt_ids), size=n // group_size).tolist()
+            rank, world_size = self.shard  # draw the global batch, keep this rank's rows
+            idx = self.np_random.integers(0, len(self._prompt_ids), size=world_size * n // group_size)
+            idx = idx[rank * n // group_size : (rank + 1) * n // group_size].tolist()
             raw, chosen = [self._prompt_pool[i] for i in idx], [self._prompt_ids[i] for i in idx]
             columns = {name: [values[i] for i in idx] for name, values in self._column_pool.items()}
 

@@ -72,7 +72,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """(B,) one draw per row from (B, V) probabilities (rows need not be normalised).
 
     The exponential race ``argmax_a p_a / E_a`` with ``E_a ~ Exp(1)`` samples ``a ∝ p_a``; it is
@@ -80,7 +80,15 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     rather than with ``Tensor.exponential_`` is ~4× faster on CPU (vectorised log) and costs the
     same on CUDA. ``U`` is kept ≥ the smallest normal float so every ``E`` is finite and a token
     with ``p > 0`` always beats one with ``p = 0``.
+
+    ``shard=(rank, world_size)``: the rows are one rank's slice of a global batch of
+    ``world_size × B`` rows. The generator draws the whole global batch's noise and this rank uses
+    rows ``rank·B … (rank+1)·B − 1``, so N ranks with the same generator state sample exactly what
+    one process would for the global batch (at N× the noise-drawing cost, small next to a forward).
     """
-    uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)  # (B, V)
+    rank, world_size = shard
+    rows, vocab = probs.shape
+    uniform = torch.rand((world_size * rows, vocab), generator=generator, device=probs.device, dtype=probs.dtype)
+    uniform = uniform[rank * rows : (rank + 1) * rows]  # (B, V)
     race = uniform.clamp_(min=torch.finfo(probs.dtype).tiny).log_().neg_()  # (B, V) E ~ Exp(1)
     return race.reciprocal_().mul_(probs).argmax(dim=-1)  # (B,)

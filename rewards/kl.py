@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tokengym.lm.distributed import sum_across_ranks
 from tokengym.lm.kl import check_estimator, kl_estimate
 from tokengym.lm.reference import IncrementalLogprobs, Reference
 from tokengym.rewards.base import EpisodeStart, StepBatch, as_components
@@ -158,20 +159,28 @@ class KLShaped:
         return {**components, self.name: -self.beta * kl}
 
     def mean_episode_kl(self) -> float | None:
-        """Mean per-episode KL of the episodes finished since the last :meth:`update_beta` (host read)."""
-        if self._finished is None or int(self._finished) == 0:
+        """Mean per-episode KL of the episodes finished since the last :meth:`update_beta` (host
+        read), over every rank of a data-parallel run (a collective there: call it on all ranks)."""
+        if self._finished is None:
             return None
-        return float(self._finished_kl / self._finished)
+        finished_kl, finished = self._finished_window()
+        return None if finished == 0 else finished_kl / finished
+
+    def _finished_window(self) -> tuple[float, int]:
+        """(Σ episode KL, number of episodes) finished in this window, summed over ranks."""
+        totals = sum_across_ranks(torch.stack([self._finished_kl.double(), self._finished.double()]))
+        return float(totals[0]), int(totals[1])
 
     def update_beta(self, n_steps: int | None = None) -> float:
         """Feed :meth:`mean_episode_kl` to the adaptive controller and start a new window.
 
-        ``n_steps`` defaults to the number of finished episodes (samples) in the window, as in
-        Ziegler et al. A fixed β is returned unchanged."""
-        current = self.mean_episode_kl()
-        if self.controller is not None and current is not None:
-            self.controller.update(current, int(self._finished) if n_steps is None else n_steps)
+        ``n_steps`` defaults to the number of finished episodes (samples) in the window, over all
+        ranks, as in Ziegler et al. A fixed β is returned unchanged."""
         if self._finished is not None:
+            if self.controller is not None:
+                finished_kl, finished = self._finished_window()
+                if finished:
+                    self.controller.update(finished_kl / finished, finished if n_steps is None else n_steps)
             self._finished_kl.zero_()
             self._finished.zero_()
         return self.beta

@@ -68,13 +68,13 @@ from tokengym.agents import base, checkpoint
 from tokengym.cli import main
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if mode == "mid-update":  # during the optimizer step of iteration `at`: weights half-updated in memory
-    step = base.Agent.optimizer_step
-    def optimizer_step(self, loss):
-        done = step(self, loss)
+    step = base.Agent._clip_and_step
+    def _clip_and_step(self):
+        done = step(self)
         if self.iteration + 1 == at:
             die()
         return done
-    base.Agent.optimizer_step = optimizer_step
+    base.Agent._clip_and_step = _clip_and_step
 elif mode == "mid-write":  # inside checkpoint number `at`: files written, manifest not yet
     sha, calls = checkpoint._sha256, [0]
     def _sha256(path):
