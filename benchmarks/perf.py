@@ -451,6 +451,64 @@ def measure_training_memory(model_name: str, quick: bool, device: str, bf16: boo
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def lora_vs_full_memory(
+    model_name: str, lora_rank: int | None, quick: bool, device: str, bf16: bool, iterations: int, threads: int
+) -> dict[str, Any]:
+    """Run in a fresh process: REINFORCE with a KL-shaped reward on ``model_name``, fully
+    fine-tuned (``lora_rank=None``: the Adam state covers every weight and π_ref is a frozen copy)
+    or with LoRA adapters of that rank (π_ref is the same base with adapters off); peak memory
+    over the whole process and above the process before the model was built."""
+    from tokengym.agents.policy import Policy
+    from tokengym.agents.reinforce import REINFORCE
+    from tokengym.lm.lora import LoRAConfig
+    from tokengym.rewards.kl import KLShaped
+
+    torch.set_num_threads(threads)
+    sizes = QUICK if quick else FULL
+    before_model = peak_rss_bytes()
+    model = build_model(model_name, quick=quick, device=device, bf16=bf16).requires_grad_(True)
+    reward = KLShaped(ZeroReward(), beta=0.05)
+    env = make_env(model, random_prompts(sizes.update_batch, sizes.prompt_tokens, _vocab(model)),
+                   sizes.update_new_tokens, device, reward=reward)
+    lora = LoRAConfig(rank=lora_rank) if lora_rank is not None else None
+    policy = Policy.from_pretrained(model, device=device, dtype=None, lora=lora)
+    agent = REINFORCE(env, REINFORCE.config_class(seed=0, check_done_every=sizes.update_new_tokens), policy=policy)
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    agent.learn(total_episodes=iterations * sizes.update_batch)
+    out = {
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_before_model_bytes": before_model,
+        "trainable_parameters": sum(p.numel() for p in agent.policy.parameters() if p.requires_grad),
+    }
+    if torch.device(device).type == "cuda":
+        out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def measure_lora_memory(model_name: str, quick: bool, device: str, bf16: bool, iterations: int, rank: int = 8) -> dict[str, Any]:
+    """Peak memory of LoRA (``rank``) against full fine-tuning, each in its own child process."""
+    cells = {}
+    for label, lora_rank in (("full", None), (f"lora{rank}", rank)):
+        args = json.dumps(dict(model_name=model_name, lora_rank=lora_rank, quick=quick, device=device, bf16=bf16,
+                               iterations=iterations, threads=torch.get_num_threads()))
+        code = ("import json, sys; from tokengym.benchmarks.perf import lora_vs_full_memory; "
+                "print(json.dumps(lora_vs_full_memory(**json.loads(sys.argv[1]))))")
+        done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the {label} memory child failed:\n{done.stderr[-4000:]}")
+        cells[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    full, lora = cells["full"], cells[f"lora{rank}"]
+    key = "cuda_max_allocated_bytes" if "cuda_max_allocated_bytes" in full else "peak_rss_bytes"
+    above = lambda c: c["peak_rss_bytes"] - c["rss_before_model_bytes"]  # noqa: E731
+    return {
+        "model": model_name, "rank": rank, "iterations": iterations, **cells,
+        "measure": key,
+        "ratio": lora[key] / full[key],
+        "ratio_above_baseline": above(lora) / above(full),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # 5. KL-shaped rollout against a reward-free one
 # --------------------------------------------------------------------------------------------
@@ -598,7 +656,7 @@ def run_perf(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     growth_model = "gpt2-small-random" if "gpt2-small-random" in models else models[0]
-    bar = tqdm(total=len(models) * (len(batches) + 1) + 4, disable=not progress, unit="run", dynamic_ncols=True)
+    bar = tqdm(total=len(models) * (len(batches) + 1) + 5, disable=not progress, unit="run", dynamic_ncols=True)
 
     def task(label: str):
         bar.set_description(label)
@@ -644,6 +702,10 @@ def run_perf(
         **measure_training_memory(models[0], quick, device, bf16, sizes.train_iterations),
     }
     bar.update()
+    lora_model = "gpt2-small-random" if "gpt2-small-random" in models else models[0]
+    task(f"LoRA vs full memory {lora_model}")
+    results["memory"]["lora_vs_full"] = measure_lora_memory(lora_model, quick, device, bf16, sizes.train_iterations)
+    bar.update()
     task(f"host reads {models[0]}")
     results["host_reads"] = audit_host_reads(built[models[0]], device)
     bar.update()
@@ -676,6 +738,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "ppo_update_tokens_per_s": results["update"]["ppo"]["tokens_per_s"],
         "grpo_update_tokens_per_s": results["update"]["grpo"]["tokens_per_s"],
         "peak_rss_bytes": results["memory"]["training"]["peak_rss_bytes"],
+        "lora_over_full_peak_memory": results["memory"]["lora_vs_full"]["ratio"],
         "kv_cache_over_minimum": kv,
         "rollout_storage_bytes_per_token": results["memory"]["rollout_storage"]["bytes_per_token"],
         "host_reads_per_step_fast_path": fast_reads,

@@ -53,6 +53,13 @@ def test_quick_perf_run_writes_every_figure(tmp_path, one_thread):
     for agent in ("ppo", "grpo"):
         assert saved["update"][agent]["tokens_per_s"] > 0 and saved["update"][agent]["tokens"] > 0
     assert saved["memory"]["training"]["peak_rss_bytes"] > 0
+    # LoRA trains only adapters and shares π_ref with the base: full fine-tuning holds at least one
+    # more float32 copy of every weight (gradients; also two Adam moments and π_ref's copy)
+    lora = saved["memory"]["lora_vs_full"]
+    full_params = lora["full"]["trainable_parameters"]
+    assert lora["lora8"]["trainable_parameters"] < full_params / 100
+    assert lora["full"]["peak_rss_bytes"] - lora["lora8"]["peak_rss_bytes"] > 4 * full_params
+    assert lora["ratio"] == saved["summary"]["lora_over_full_peak_memory"] < 1
     assert saved["memory"]["rollout_storage"]["bytes_per_token"] > 0
     assert set(saved["host_reads"]) == {"fast_path", "kl_shaped", "padded_prompts"}
     assert set(saved["summary"]) >= {"rollout_ratio_min", "cost_growth", "kl_shaped_ratio", "rescore_saved", "host_reads_per_step_fast_path"}
