@@ -75,6 +75,17 @@ def test_sample_draws_in_proportion_to_the_probabilities():
     assert torch.allclose(frequencies, probs[0].double(), atol=6e-3)  # σ ≤ 1.6e-3 at N = 1e5
 
 
+def test_a_rank_samples_its_rows_of_the_global_batch():
+    """With the same generator state, rank r of N draws exactly rows r·B … (r+1)·B−1 of what one
+    process draws for the N·B rows (the data-parallel sampler)."""
+    probs = torch.rand(12, 50, generator=torch.Generator().manual_seed(2))  # (N·B, V), N = 3, B = 4
+    whole = sample(probs, torch.Generator().manual_seed(5))
+    for rank in range(3):
+        rows = slice(4 * rank, 4 * rank + 4)
+        assert torch.equal(sample(probs[rows], torch.Generator().manual_seed(5), shard=(rank, 3)), whole[rows])
+    assert not torch.equal(sample(probs[4:8], torch.Generator().manual_seed(5)), whole[4:8])  # unsharded: rank 0's noise
+
+
 def test_sample_is_reproducible_and_greedy_on_a_point_mass():
     probs = torch.rand(8, 100, generator=torch.Generator().manual_seed(1))
     first = sample(probs, torch.Generator().manual_seed(3))
