@@ -1,6 +1,8 @@
 """Agents: configs, loss maths against closed forms, the exact REINFORCE gradient, save/resume."""
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import pytest
 import torch
@@ -203,35 +205,39 @@ def test_history_logs_the_diagnostics_each_agent_promises():
 
 
 KL_BETA = 0.5
+CALIBRATION_CONFIGS = [
+    (REINFORCE, REINFORCEConfig(lr=1e-2)),
+    (A2C, A2CConfig(lr=1e-2, gae_lambda=1.0)),
+    # ε = 0.05: at lr 1e-2 the default ε = 0.2 lets the 4 steps per batch overshoot π* and jitter
+    # around it at KL ≈ 0.05 (benchmarks/results/calibration-ablation); 0.05 reaches A2C's ≈ 0.02.
+    (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2, target_kl=None, clip_eps=0.05)),
+    # GRPO with the KL in the env's reward (β in the loss off, Dr. GRPO's unscaled advantages):
+    # its fixed point is then exactly π*, like the others'.
+    (GRPO, GRPOConfig(lr=1e-2, beta=0.0, scale_rewards=False, group_size=8)),
+]
 
 
-@pytest.mark.parametrize(
-    "agent_class, config",
-    [
-        (REINFORCE, REINFORCEConfig(lr=1e-2)),
-        (A2C, A2CConfig(lr=1e-2, gae_lambda=1.0)),
-        (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2, target_kl=None)),
-        # GRPO with the KL in the env's reward (β in the loss off, Dr. GRPO's unscaled advantages):
-        # its fixed point is then exactly π*, like the others'.
-        (GRPO, GRPOConfig(lr=1e-2, beta=0.0, scale_rewards=False, group_size=8)),
-    ],
-    ids=["reinforce", "a2c", "ppo", "grpo"],
-)
-def test_agents_approach_the_kl_regularised_optimum(agent_class, config):
-    """π* ∝ π_ref·exp(R/β) by enumerating all 512 sequences; KL(π_θ‖π*) must fall towards 0."""
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("agent_class, config", CALIBRATION_CONFIGS, ids=["reinforce", "a2c", "ppo", "grpo"])
+def test_agents_approach_the_kl_regularised_optimum(agent_class, config, seed):
+    """π* ∝ π_ref·exp(R/β) by enumerating all 512 sequences; KL(π_θ‖π*) must fall to ≤ 0.3× its
+    start on every seed. 60 iterations of 256 episodes; the exact KL is averaged over iterations
+    50, 55 and 60, because it fluctuates between iterations (benchmarks/results/calibration-ablation). Measured on seeds 0-2 (ibid.), every agent's mean over
+    those iterations is 0.06-0.10× its start (PPO with ε = 0.2: up to 0.18×), so 0.3× leaves room
+    without being loose."""
     ref_logprobs = calibration.sequence_logprobs(calibration.build_reference_model())
     optimum = calibration.optimal_policy(ref_logprobs, KL_BETA)
     start = calibration.kl_divergence(ref_logprobs, optimum).item()
     env = calibration_env(num_envs=256, reward="kl-shaped", reward_kwargs={"beta": KL_BETA})
-    agent = agent_class(env, config)
+    agent = agent_class(env, dataclasses.replace(config, seed=seed))
     kls = []
-    for i in range(150):
+    for i in range(1, 61):
         agent.train_iteration()
-        if i % 10 == 9:
+        if i in (50, 55, 60):
             kls.append(calibration.kl_divergence(calibration.sequence_logprobs(agent.policy.model), optimum).item())
-    final = sum(kls[-3:]) / 3
+    final = sum(kls) / len(kls)
     assert start > 0.4  # π_ref is far from π*: the test has room to fail
-    assert final < 0.2 * start, (start, kls)
+    assert final < 0.3 * start, (seed, start, kls)
 
 
 @pytest.mark.parametrize(
@@ -247,8 +253,6 @@ def test_agents_approach_the_kl_regularised_optimum(agent_class, config):
 def test_micro_batched_updates_equal_the_full_batch_update(agent_class, config):
     """minibatch_size bounds an update's memory: gradients of chunks of 3 episodes accumulate into
     the very step one pass over all 8 would take (the loss is a mean over episodes)."""
-    import dataclasses
-
     def trained(minibatch_size):
         agent = agent_class(calibration_env(num_envs=8, reward="kl-shaped", reward_kwargs={"beta": 0.5}),
                             dataclasses.replace(config, minibatch_size=minibatch_size))
