@@ -82,7 +82,7 @@ def evaluate(model, tokenizer, prompts: list[str], seed: int, n: int = EVAL_SAMP
 def _tokengym_agent(seed: int):
     import gymnasium as gym
 
-    import tokengym  # noqa: F401  registers the envs
+    import tokengym.envs  # noqa: F401  registers the envs
     from tokengym.agents import GRPO, GRPOConfig
 
     envs = gym.make_vec(
