@@ -17,7 +17,7 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 
-import tokengym  # noqa: F401
+import tokengym.envs  # noqa: F401  (registers the envs)
 from tokengym.agents import A2C, GRPO, PPO, REINFORCE, A2CConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from tokengym.agents.advantages import sequence_sum_mean
 from tokengym.envs import calibration

@@ -14,7 +14,7 @@ import math
 import gymnasium as gym
 import torch
 
-import tokengym  # noqa: F401
+import tokengym.envs  # noqa: F401  (registers the envs)
 from tokengym.agents import Policy
 
 
