@@ -110,7 +110,7 @@ def _run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: bo
     import tokengym.envs  # noqa: F401  (registers the envs)
     from tokengym.agents import checkpoint
     from tokengym.agents.alarm import OveroptimizationAlarm
-    from tokengym.lm.distributed import world
+    from tokengym.lm.distributed import all_ranks, world
 
     s = settings
     rank, world_size = world()
@@ -132,6 +132,7 @@ def _run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: bo
     if resuming:
         if path is not None:
             checkpoint.restore(learner, path)  # every rank: they all continue from rank 0's state
+        all_ranks(True)  # every rank is done reading checkpoints/ before rank 0 prunes it
         if writer:
             checkpoint.remove_partial(run_dir)
             _say(f"resuming from {path} (iteration {learner.iteration}, {learner.episodes} episodes)" if path else

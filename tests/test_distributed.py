@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,23 @@ def test_resume_with_another_number_of_processes_is_a_one_line_error(tmp_path):
         f"tokengym: error: --resume {run}: expected the 2 process(es) it was started with "
         f"(torchrun --nproc-per-node 2); this launch has 1"
     ]
+
+
+def test_a_two_rank_run_resumes_bit_identical_from_its_checkpoint(tmp_path):
+    """Rank 0's checkpoint holds every rank's state (they draw the same streams), so 2 ranks
+    resuming from iteration 2 of 3 end exactly where the uninterrupted run ends."""
+    flags = ["--agent", "ppo", "--batch-size", "4", "--save-every", "1", "--keep-checkpoints", "5"]
+    for name in ("whole", "cut"):
+        result = launch(*TRAIN, *flags, "--out", str(tmp_path / name), ranks=2)
+        assert result.returncode == 0, result.stderr[-3000:]
+    cut = tmp_path / "cut"
+    checkpoints = sorted((cut / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["iter-000001", "iter-000002", "iter-000003"]
+    shutil.rmtree(checkpoints[-1])  # as if the run died in its last iteration
+    shutil.rmtree(cut / "policy")
+    result = launch("train", "--resume", str(cut), "--quiet", ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr and "iteration 2" in result.stderr
+    whole = load_file(tmp_path / "whole" / "policy" / "model.safetensors")
+    assert all(torch.equal(whole[k], tensor) for k, tensor in load_file(cut / "policy" / "model.safetensors").items())
+    assert [r["episodes"] for r in metrics(cut)] == [8, 16, 24]
