@@ -198,16 +198,18 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     return torch.where(target_var == 0, torch.nan, 1 - residual_var / target_var)
 
 
-def _grouped(scores: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(B/G, G) view of (B,) scores whose consecutive rows share a prompt."""
+def _grouped(scores: torch.Tensor, group_size: int, per_step: bool = False) -> torch.Tensor:
+    """(B/G, G) view of (B,) scores whose consecutive rows share a prompt; (B/G, G, T) of (B, T)
+    ones with ``per_step``."""
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 (a group needs another sample to compare with), got {group_size}")
-    if scores.ndim != 1 or scores.shape[0] % group_size:
+    ndim = 2 if per_step else 1
+    if scores.ndim != ndim or scores.shape[0] % group_size:
         raise ValueError(
-            f"scores must be a (B,) tensor with B a multiple of group_size={group_size}, got shape "
-            f"{tuple(scores.shape)}"
+            f"scores must be a {'(B, T)' if per_step else '(B,)'} tensor with B a multiple of group_size={group_size}, "
+            f"got shape {tuple(scores.shape)}"
         )
-    return scores.view(-1, group_size)
+    return scores.view(-1, group_size, *scores.shape[1:])
 
 
 def group_advantages(
@@ -229,15 +231,16 @@ def group_advantages(
 
 
 def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(B,) RLOO baseline: the mean score of the other G−1 samples of the same prompt.
+    """RLOO baseline: the mean score of the other G−1 samples of the same prompt.
 
-    ``b_i = (Σ_j R_j − R_i) / (G − 1)`` (Kool et al. 2019; Ahmadian et al. 2024), where ``R_j`` is
-    sample ``j``'s *episode return*. It does not depend on sample ``i``, so subtracting it from
-    any of sample ``i``'s reward-to-go terms keeps the policy gradient unbiased.
+    ``b_i = (Σ_j R_j − R_i) / (G − 1)`` (Kool et al. 2019; Ahmadian et al. 2024) for (B,) episode
+    returns ``R``; for (B, T) per-step scores such as rewards-to-go ``G_t`` it is taken per step,
+    ``b_{i,t} = (Σ_j G_{j,t} − G_{i,t}) / (G − 1)``. Either way it does not depend on sample
+    ``i``, so subtracting it keeps the policy gradient unbiased.
     """
-    grouped = _grouped(scores, group_size)  # (B/G, G)
-    others = grouped.sum(dim=1, keepdim=True) - grouped  # (B/G, G)
-    return (others / (group_size - 1)).reshape(-1)  # (B,)
+    grouped = _grouped(scores, group_size, per_step=scores.ndim == 2)  # (B/G, G[, T])
+    others = grouped.sum(dim=1, keepdim=True) - grouped  # (B/G, G[, T])
+    return (others / (group_size - 1)).reshape(scores.shape)  # (B[, T])
 
 
 @dataclass

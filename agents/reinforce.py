@@ -24,7 +24,7 @@ class REINFORCEConfig(AgentConfig):
     lr: float = 1e-4
     """Adam learning rate, > 0."""
     baseline: str = "moving-average"
-    """'none', 'moving-average' (EMA of past returns) or 'leave-one-out' (RLOO; needs group_size ≥ 2)."""
+    """'none', 'moving-average' (EMA of past returns) or 'leave-one-out' (RLOO per step; needs group_size ≥ 2)."""
     baseline_momentum: float = 0.9
     """EMA weight of the old value for the moving-average baseline, in [0, 1)."""
     entropy_coef: float = 0.0
@@ -48,9 +48,11 @@ class REINFORCE(Agent):
     the gradient is the textbook estimator of ``∇E[Σ_t γ^t r_t]`` (for γ = 1).
 
     Baselines (never a function of the row's own sample, so the estimate stays unbiased):
-    ``"moving-average"`` (an EMA of earlier batches' returns), ``"leave-one-out"`` (RLOO: the mean
-    *episode return* of the other G−1 samples of the same prompt, subtracted at every step of the
-    episode), or ``"none"``.
+    ``"moving-average"`` (an EMA of earlier batches' returns), ``"leave-one-out"`` (RLOO, per step:
+    the mean reward-to-go of the other G−1 samples of the same prompt at the same step, an ended
+    sample counting with its last step's), or ``"none"``. Per step matters under a KL-shaped reward:
+    an episode-return baseline at every step leaves the KL already paid before step ``t`` in
+    ``G_t − b``, a constant push towards whatever was sampled late in the episode.
     """
 
     config_class = REINFORCEConfig
@@ -64,8 +66,10 @@ class REINFORCE(Agent):
         if self.config.baseline == "moving-average":
             return self.moving_average.update(returns[mask]).expand_as(returns)
         if self.config.baseline == "leave-one-out":
-            episode_returns = returns[:, 0]  # (B,) G_0, the whole episode's (discounted) return
-            return leave_one_out_baseline(episode_returns, self.config.group_size)[:, None].expand_as(returns)
+            last_step = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1)
+            steps = torch.arange(returns.shape[1], device=returns.device).expand_as(returns)  # (B, T)
+            held = returns.gather(1, torch.minimum(steps, last_step))  # (B, T) G_t, held at its last value once ended
+            return leave_one_out_baseline(held, self.config.group_size)
         return torch.zeros_like(returns)
 
     def advantages(self, rollout: Rollout) -> torch.Tensor:

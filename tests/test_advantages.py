@@ -206,6 +206,15 @@ def test_leave_one_out_baseline_formula():
     torch.testing.assert_close(baseline, torch.tensor(expected))
 
 
+def test_leave_one_out_baseline_per_step():
+    scores = torch.tensor([[1.0, 0.5], [2.0, -1.0], [6.0, 0.0], [3.0, 4.0]])  # (B=4, T=2), one group of 4
+    baseline = leave_one_out_baseline(scores, group_size=2)
+    expected = torch.tensor([[2.0, -1.0], [1.0, 0.5], [3.0, 4.0], [6.0, 0.0]])  # groups of 2: the other row
+    torch.testing.assert_close(baseline, expected)
+    with pytest.raises(ValueError, match=r"\(B, T\) tensor with B a multiple of group_size=3"):
+        leave_one_out_baseline(scores, group_size=3)
+
+
 def test_moving_average_baseline_uses_only_past_batches():
     baseline = MovingAverageBaseline(momentum=0.75)
     first = baseline.update(torch.tensor([2.0, 6.0]))  # batch mean 4

@@ -204,3 +204,22 @@ def test_rloo_baseline_is_the_mean_episode_return_of_the_other_samples():
     from tokengym.agents.advantages import discounted_returns
 
     assert torch.equal(discounted_returns(rewards, mask, 1.0), returns)
+
+
+def test_rloo_baseline_is_per_step_under_per_token_rewards():
+    # With a reward on every step (a KL penalty), step t's baseline is the others' reward-to-go at
+    # step t, an ended episode's held at its last step: the penalty paid before t never enters G_t − b.
+    agent = REINFORCE(gym.make_vec("tokengym/Calibration-v0", num_envs=3),
+                      REINFORCEConfig(baseline="leave-one-out", group_size=3))
+    lengths = [2, 4, 1]
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    rewards = torch.where(mask, torch.tensor([[-0.1, 1.0, 0, 0], [-0.2, -0.3, -0.1, 2.0], [3.0, 0, 0, 0]]), 0.0)
+    from tokengym.agents.advantages import discounted_returns
+
+    returns = discounted_returns(rewards, mask, 1.0)
+    baseline = agent.baseline(returns, mask)
+    for i in range(3):
+        for t in range(4):
+            others = [float(returns[j, min(t, lengths[j] - 1)]) for j in range(3) if j != i]
+            assert float(baseline[i, t]) == pytest.approx(sum(others) / 2), (i, t)
+    assert float(baseline[0, 1]) != pytest.approx(float(baseline[0, 0]))  # not one number per episode
