@@ -243,10 +243,10 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
     if kl_reward and s["kl_estimator"] is not None:
         from tokengym.lm.kl import REWARD_ESTIMATORS
 
-        if s["kl_estimator"] in REWARD_ESTIMATORS:
-            reward_kwargs["estimator"] = s["kl_estimator"]
-        elif not grpo:  # the reward's per-token penalty must be unbiased per token (docs/kl.md)
-            raise bad_value("--kl-estimator", s["kl_estimator"], f"{' or '.join(REWARD_ESTIMATORS)} for a KL-shaped reward")
+        if s["kl_estimator"] not in REWARD_ESTIMATORS:  # the reward's per-token penalty must be unbiased per token (docs/kl.md)
+            raise bad_value("--kl-estimator", s["kl_estimator"], f"{' or '.join(REWARD_ESTIMATORS)} for a KL-shaped reward "
+                            "(with one, GRPO's loss has no KL term of its own)")
+        reward_kwargs["estimator"] = s["kl_estimator"]
 
     # Agent config: named flags, then --set FIELD=VALUE, then the dataclass's own checks.
     config_fields = {f.name for f in fields(agent_class.config_class)}
@@ -257,9 +257,11 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
     if s["minibatch_size"] is not None:
         _check_number("--minibatch-size", s["minibatch_size"], low=1, integer=True)
         kwargs["minibatch_size"] = s["minibatch_size"]
-    if grpo and s["beta"] is not None:
+    if grpo and kl_reward:  # one KL penalty: the reward's; a second one in GRPO's loss would count it twice
+        kwargs["beta"] = 0.0
+    elif grpo and s["beta"] is not None:
         kwargs["beta"] = s["beta"]
-    if grpo and s["kl_estimator"] is not None:
+    if grpo and not kl_reward and s["kl_estimator"] is not None:
         kwargs["kl_estimator"] = s["kl_estimator"]
     for item in s["set"]:
         key, sep, text = item.partition("=")

@@ -189,7 +189,7 @@ def _build(s: dict, plan: Plan):
         reward_model = env_kwargs.pop("reward_model", None)
         if reward_model is not None:
             flag, value = "--reward-model", reward_model["name"]
-            env_kwargs["reward"] = _reward_model_reward(reward_model, env_kwargs, s)
+            env_kwargs["reward"] = reward_model_reward(reward_model, env_kwargs, s)
         flag, value = ("--model", s["model"]) if s["model"] is not None else ("--env", s["env"])
         envs = gym.make_vec(s["env"], num_envs=s["batch_size"], **env_kwargs)
         env = envs.unwrapped
@@ -206,7 +206,7 @@ def _build(s: dict, plan: Plan):
     return envs, learner
 
 
-def _reward_model_reward(spec: dict, env_kwargs: dict, s: dict):
+def reward_model_reward(spec: dict, env_kwargs: dict, s: dict):
     """The reward object for ``--reward-model``: the task's reward name around the classifier."""
     from tokengym.lm.loading import load_tokenizer
     from tokengym.rewards import make_reward
@@ -344,7 +344,8 @@ def add_cli(subparsers) -> None:
     add("--lora-targets", nargs="+", metavar="MODULE", help="LoRA target modules (default: per architecture, e.g. q_proj k_proj v_proj o_proj)")
     add("--dtype", choices=DTYPES, help=f"autocast dtype; master weights stay float32 (default: {d['dtype']})")
     add("--reward", metavar="NAME", help=f"reward name: {', '.join(REWARD_NAMES)} (default: the env's task reward)")
-    add("--beta", type=float, metavar="F", help="KL coefficient: of a KL-shaped reward and of GRPO's KL term (default: theirs)")
+    add("--beta", type=float, metavar="F", help="KL coefficient: of a KL-shaped reward, else of GRPO's KL term in its loss (with a KL-shaped "
+        "reward, GRPO's loss has none: the KL is penalised once) (default: theirs)")
     add("--kl-target", type=float, metavar="NATS", help="adapt the KL-shaped reward's β towards this KL per sequence "
         "(Ziegler et al.'s controller, starting at --beta) (default: a fixed β)")
     add("--kl-estimator", metavar="K", help=f"KL estimator: {', '.join(ESTIMATORS)} (KL-shaped reward, GRPO; default: theirs)")

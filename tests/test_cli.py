@@ -54,3 +54,17 @@ def test_curve_plots_each_reward_component_and_kl(tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [1, 2]
     assert {"iteration", "episodes", "reward", "kl_ref"} <= set(json.loads(lines[0]))
+
+
+def test_grpo_with_a_kl_shaped_reward_penalises_the_kl_once(tmp_path):
+    from tokengym.agents.settings import resolve_settings, validate
+
+    def plan(*flags):
+        given = dict(zip(flags[::2], flags[1::2]))
+        s, run_dir, resuming = resolve_settings(given, None, str(tmp_path / "run"))
+        return validate(s, run_dir, resuming, frozenset(given))
+
+    shaped = plan("agent", "grpo", "reward", "kl-shaped", "beta", 0.07)
+    assert shaped.env_kwargs["reward_kwargs"]["beta"] == 0.07 and shaped.config.beta == 0.0  # in the reward only
+    plain = plan("agent", "grpo", "beta", 0.07)
+    assert plain.config.beta == 0.07 and "reward_kwargs" not in plain.env_kwargs  # in the loss only
