@@ -95,6 +95,23 @@ def results_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def final_eval_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: each (env, agent, config)'s ``final_eval`` (fresh samples of the trained
+    policy against π_ref), mean ± std over seeds, with each seed's gain @ KL."""
+    head = ["env", "agent", "reward config", "seeds", "score: π_ref → π_θ", "gain", "KL(π_θ‖π_ref)", "distinct-2: π_ref → π_θ",
+            "distinct-2 ratio", "per seed: gain @ KL"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (env, agent, config), runs in group_runs(r for r in records if r.get("final_eval")).items():
+        n, evals = len(runs), [r["final_eval"] for r in runs]
+        col = lambda key, d=3: fmt(mean_std([e.get(key) for e in evals]), d, n)  # noqa: E731
+        seeds = ", ".join(f"s{r['seed']} {r['final_eval']['score_gain']:+.2f} @ {r['final_eval']['kl']:.1f}" for r in runs)
+        lines.append("| " + " | ".join([
+            _short(env), agent, config, str(n), f"{col('reference_score')} → {col('score')}", col("score_gain"),
+            col("kl", 2), f"{col('reference_distinct_2')} → {col('distinct_2')}", col("distinct_2_ratio", 2), seeds,
+        ]) + " |")
+    return lines
+
+
 def ablation_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown lines comparing the configs of each (env, agent): final reward, score, KL,
     entropy and side scores, mean ± std over seeds."""
@@ -195,14 +212,16 @@ def plot_reward_vs_kl(records, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_frontier(records, path: str | Path, y: str = "final_score", ylabel: str = "final score (reward without KL term)") -> Path:
-    """Final ``y`` against final KL to the reference, one point per config, error bars = std over seeds."""
+def plot_frontier(records, path: str | Path, y: str = "final_score", ylabel: str = "final score (reward without KL term)",
+                  x: str = "final_kl", xlabel: str = "final KL(π_θ‖π_ref) per sequence") -> Path:
+    """Final ``y`` against final KL to the reference (``x``), one point per config, error bars =
+    std over seeds."""
     plt = pyplot()
     groups = group_runs(records)
     fig, axes = _panels(records, plt)
     frontier: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for key, runs in groups.items():
-        kl = mean_std([r["final_kl"] for r in runs])
+        kl = mean_std([_get(r, x) for r in runs])
         value = mean_std([_get(r, y) for r in runs])
         if kl is None or value is None:
             continue
@@ -216,7 +235,7 @@ def plot_frontier(records, path: str | Path, y: str = "final_score", ylabel: str
     for env, ax in axes.items():
         ax.margins(0.15)
         ax.set_title(f"{_short(env)}: reward–KL frontier")
-        ax.set_xlabel("final KL(π_θ‖π_ref) per sequence")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from tokengym.agents import AGENTS
 from tokengym.benchmarks import plots
+from tokengym.benchmarks.evaluate import evaluate
 from tokengym.benchmarks.memory import peak_rss_bytes, reset_peak_rss
 from tokengym.benchmarks.probes import CalibrationProbe
 from tokengym.benchmarks.suite_schema import (
@@ -113,8 +114,21 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
         record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if start_exact:
         record["exact_start"] = start_exact
+    if s.final_eval_episodes:
+        record["final_eval"] = final_eval(agent, s.final_eval_episodes)
     envs.close()
     return record
+
+
+def final_eval(agent, episodes: int) -> dict[str, Any]:
+    """The trained policy and π_ref on ``episodes`` fresh samples of the cell's env (its reward
+    without the KL penalty): the flat figures of :func:`~tokengym.benchmarks.evaluate.evaluate`."""
+    report = evaluate(agent.env, agent.policy.model, episodes=episodes, context=agent.policy.autocast())
+    policy, reference = report["policy"], report["reference"]
+    return {"score_gain": report["score_gain"], "kl": report["kl"], "distinct_2_ratio": report["distinct_2_ratio"],
+            "score": policy["score"], "reference_score": reference["score"], "distinct_2": policy["distinct_2"],
+            "reference_distinct_2": reference["distinct_2"], "length": policy["length"], "episodes": episodes,
+            "seed": report["seed"], "samples": policy["samples"], "reference_samples": reference["samples"]}
 
 
 def _tail_mean(history: Sequence[Mapping[str, Any]], key: str, n: int) -> float | None:
@@ -249,6 +263,15 @@ def write_results(out: Path, suite: Suite, records: list[dict]) -> None:
     md += plots.results_table(records)
     md += ["", "Learning curves: `curves_reward.png` (reward vs episodes), `curves_reward_kl.png` "
            "(score vs KL to the reference), mean ± std over seeds.", ""]
+    if any(r.get("final_eval") for r in records):
+        episodes = next(r["final_eval"]["episodes"] for r in records if r.get("final_eval"))
+        md += [f"Judged after training on {episodes} fresh episodes of π_θ and of π_ref each (same prompts and random "
+               "numbers; `tokengym.benchmarks.evaluate`): the score without the KL penalty, the sampled sequence "
+               "KL(π_θ‖π_ref) in nats, and distinct-2 (distinct word bigrams ÷ all, pooled over the samples). "
+               "`frontier_final.png` plots the gain against the KL.", ""]
+        md += plots.final_eval_table(records) + [""]
+        plots.plot_frontier(records, out / "frontier_final.png", x="final_eval/kl", y="final_eval/score_gain",
+                            xlabel="KL(π_θ‖π_ref) per sequence, fresh samples", ylabel="score gain over π_ref, fresh samples")
     (out / "results.md").write_text("\n".join(md) + "\n")
     plots.plot_learning_curves(records, out / "curves_reward.png", y="reward")
     plots.plot_reward_vs_kl(records, out / "curves_reward_kl.png")

@@ -116,6 +116,10 @@ class RunSettings:
     exact ``KL(π_θ‖π*)``, ``E_πθ[R]``, ``E_π*[R]`` and ``KL(π_θ‖π_ref)`` as ``exact/*`` (0: off)."""
     last_n: int = 5
     """Final values are means over this many last iterations, >= 1."""
+    final_eval_episodes: int = 0
+    """After training, sample this many fresh episodes from π_θ and from π_ref and record
+    ``final_eval``: the score gain, the sequence KL and distinct-2 of each
+    (:mod:`tokengym.benchmarks.evaluate`); 0: off."""
     agent_options: Mapping[str, Any] = field(default_factory=dict)
     """Fields of the agent's config class (``lr``, ``group_size``, ...); ``seed`` comes from the grid."""
 
@@ -136,6 +140,7 @@ class RunSettings:
             raise ValueError(f"eval_rewards must be a list drawn from {list(EVAL_REWARDS)}, got {self.eval_rewards!r}")
         _check_int("exact_every", self.exact_every, 0)
         _check_int("last_n", self.last_n, 1)
+        _check_int("final_eval_episodes", self.final_eval_episodes, 0)
         if "seed" in self.agent_options:
             raise ValueError("seed is set by the suite's seeds, not per run")
 

@@ -25,6 +25,7 @@ _SUBCOMMAND_MODULES = [
     "tokengym.agents.train",
     "tokengym.agents.export",
     "tokengym.benchmarks.cli",
+    "tokengym.benchmarks.evaluate",
 ]
 
 _INVALID = re.compile(r"argument (?P<flag>[^:]+): invalid (?P<kind>\w+) value: (?P<value>.*)")
