@@ -39,8 +39,8 @@ __all__ = ["GRPO", "GRPOConfig", "grpo_loss"]
 class GRPOConfig(AgentConfig):
     """GRPO's settings; each field is validated in ``__post_init__``."""
 
-    lr: float = 1e-4
-    """Adam learning rate, > 0."""
+    lr: float = 2.5e-4
+    """Adam learning rate, > 0 (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
     group_size: int = 4
     """G, samples per prompt (≥ 2; must divide the batch)."""
     beta: float = 0.04

@@ -71,8 +71,6 @@ DEFAULTS: dict[str, Any] = {
 
 _FLAG = {name: "--" + name.replace("_", "-") for name in DEFAULTS}
 DTYPES = ("float32", "bfloat16", "float16")
-DEFAULT_BETA = 0.05
-"""The KL-shaped reward's default β (and the adaptive controller's starting β)."""
 KL_HORIZON = 128
 """Episodes over which the adaptive-β controller corrects a KL error (Ziegler et al. use 10 000
 steps; a run of a few thousand episodes needs a shorter horizon to reach its target)."""
@@ -236,7 +234,9 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
     if kl_reward and s["kl_target"] is not None:  # Ziegler et al.'s controller; --beta is its start
         from tokengym.rewards import AdaptiveKL
 
-        start = s["beta"] if s["beta"] else DEFAULT_BETA
+        from tokengym.rewards.kl import DEFAULT_BETA
+
+        start = s["beta"] if s["beta"] else DEFAULT_BETA  # the controller's start
         reward_kwargs["beta"] = AdaptiveKL(init_beta=start, target=s["kl_target"], horizon=KL_HORIZON)
     elif kl_reward and s["beta"] is not None:
         reward_kwargs["beta"] = s["beta"]
@@ -276,7 +276,8 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
         _check_number("--group-size", s["group_size"], low=1, integer=True)
         if grpo and s["group_size"] < 2:
             raise bad_value("--group-size", s["group_size"], "an integer ≥ 2 for --agent grpo (groups are compared within)")
-        uses_groups = grpo or (s["agent"] == "reinforce" and kwargs.get("baseline") == "leave-one-out")
+        baseline = kwargs.get("baseline", getattr(agent_class.config_class, "baseline", None))  # REINFORCE's, default included
+        uses_groups = grpo or (s["agent"] == "reinforce" and baseline == "leave-one-out")
         if not uses_groups:
             raise bad_value(
                 "--group-size", s["group_size"],

@@ -96,7 +96,7 @@ def make_reward(
     * ``"fine-grained"``: the task's ``fine_grained()`` reward; or, when it has none or when the
       options ``segment_scorer`` / ``segmenter`` are given,
       ``FineGrained([(segment_scorer or task_scorer, segmenter or "sentence", 1.0)])``.
-    * ``"kl-shaped"``: ``KLShaped(Holistic(task_scorer))``; options ``beta`` (default 0.05 or an
+    * ``"kl-shaped"``: ``KLShaped(Holistic(task_scorer))``; options ``beta`` (default ``DEFAULT_BETA``, 0.055, or an
       :class:`~tokengym.rewards.kl.AdaptiveKL`), ``estimator`` (``"k1"`` only), ``ref_model``,
       ``policy_model``. The temperature is the env's.
     * ``"fine-grained+kl"``: KL shaping around the fine-grained reward; both option sets.
