@@ -14,7 +14,7 @@ from tokengym.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = ["--agent", "reinforce", "--episodes", "4", "--batch-size", "2", "--max-new-tokens", "3", "--quiet"]
+FAST = ["--agent", "reinforce", "--group-size", "2", "--episodes", "4", "--batch-size", "2", "--max-new-tokens", "3", "--quiet"]
 
 
 def train(argv: list[str]) -> None:
