@@ -64,18 +64,16 @@ scale_rewards = false
 
 FINE_GRAINED_SUITE = """\
 name = "fine-grained"
-description = "PPO on SentimentFineGrained-v0 trained on the holistic reward (the same criteria scored once on the whole text) vs the fine-grained one (per-sentence sentiment and profanity, holistic length); both scored on both."
+description = "PPO (its defaults) on SentimentFineGrained-v0 trained on the holistic reward (the same criteria scored once on the whole text) vs the fine-grained one (per-sentence sentiment and profanity, holistic length), each with the KL-shaped penalty at the default β; both scored on both."
 envs = ["tokengym/SentimentFineGrained-v0"]
 agents = ["ppo"]
 seeds = 3
-rewards = ["holistic", "fine-grained"]
+rewards = ["kl-shaped", "fine-grained+kl"]
 
-[run]                   # the full suite's PPO settings
-episodes = 480          # 30 iterations of 16
-batch_size = 16
-lr = 2e-4
-n_epochs = 2
-n_minibatches = 2
+[run]
+episodes = 1024         # 32 iterations of 32
+batch_size = 32
+env_kwargs = { min_new_tokens = 16 }   # no stopping early to dodge the per-token KL penalty
 eval_rewards = ["holistic", "fine-grained"]
 last_n = 5
 """
@@ -243,7 +241,7 @@ def samples_to_threshold(history: Sequence[Mapping[str, Any]], key: str, thresho
 
 
 def reproduce_fine_grained(out: Path, progress: bool = True) -> dict:
-    """PPO with the holistic vs the fine-grained reward, compared on the holistic score of the samples."""
+    """PPO with the holistic vs the fine-grained reward (each KL-shaped), compared on the holistic score of the samples."""
     records = run_suite(_write_suite(out, FINE_GRAINED_SUITE), out, progress=progress)
     arms = _by_agent(records, key="config")
     metric = "eval/holistic"

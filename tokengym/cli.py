@@ -15,7 +15,8 @@ from tokengym.lm.errors import ScorerError, UsageError
 DESCRIPTION = (
     "tokengym: reinforcement learning on language models as Gymnasium token-level MDPs. "
     "List the envs with 'tokengym envs', train an agent with 'tokengym train', "
-    "run benchmark suites with 'tokengym bench'. 'tokengym COMMAND --help' explains each command."
+    "judge a trained run on fresh samples with 'tokengym eval', run benchmark suites with 'tokengym bench'. "
+    "'tokengym COMMAND --help' explains each command."
 )
 
 # Modules that register their subcommands with `add_cli(subparsers)`.
