@@ -24,7 +24,8 @@ class REINFORCEConfig(AgentConfig):
     lr: float = 2.5e-4
     """Adam learning rate, > 0 (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
     group_size: int = 4
-    """Samples per prompt, compared by the leave-one-out baseline (≥ 2 for it; must divide the batch)."""
+    """Samples per prompt, compared by the leave-one-out baseline (≥ 2 for it; must divide the batch).
+    With another baseline, set 1 for distinct prompts (the CLI does when ``--set baseline=`` is given)."""
     baseline: str = "leave-one-out"
     """'leave-one-out' (RLOO per step; needs group_size ≥ 2), 'moving-average' (EMA of past returns) or 'none'."""
     baseline_momentum: float = 0.9

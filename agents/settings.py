@@ -232,9 +232,7 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
             )
         reward_kwargs["segmenter"] = s["segmenter"]
     if kl_reward and s["kl_target"] is not None:  # Ziegler et al.'s controller; --beta is its start
-        from tokengym.rewards import AdaptiveKL
-
-        from tokengym.rewards.kl import DEFAULT_BETA
+        from tokengym.rewards.kl import DEFAULT_BETA, AdaptiveKL
 
         start = s["beta"] if s["beta"] else DEFAULT_BETA  # the controller's start
         reward_kwargs["beta"] = AdaptiveKL(init_beta=start, target=s["kl_target"], horizon=KL_HORIZON)
@@ -272,11 +270,11 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
         if key not in config_fields:
             raise bad_value("--set", item, f"a field of {agent_class.config_class.__name__}: {', '.join(sorted(config_fields - set(flagged)))}")
         kwargs[key] = _parse_value(text)
+    baseline = kwargs.get("baseline", getattr(agent_class.config_class, "baseline", None))  # REINFORCE's, default included
     if s["group_size"] is not None:
         _check_number("--group-size", s["group_size"], low=1, integer=True)
         if grpo and s["group_size"] < 2:
             raise bad_value("--group-size", s["group_size"], "an integer ≥ 2 for --agent grpo (groups are compared within)")
-        baseline = kwargs.get("baseline", getattr(agent_class.config_class, "baseline", None))  # REINFORCE's, default included
         uses_groups = grpo or (s["agent"] == "reinforce" and baseline == "leave-one-out")
         if not uses_groups:
             raise bad_value(
@@ -285,6 +283,8 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
                 f"--agent {s['agent']} does not use groups, so it would have no effect",
             )
         kwargs["group_size"] = s["group_size"]
+    elif s["agent"] == "reinforce" and baseline != "leave-one-out":
+        kwargs["group_size"] = 1  # groups only serve the leave-one-out baseline: distinct prompts otherwise
     try:
         config = agent_class.config_class(**kwargs)
     except (ValueError, TypeError) as exc:

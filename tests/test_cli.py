@@ -68,3 +68,15 @@ def test_grpo_with_a_kl_shaped_reward_penalises_the_kl_once(tmp_path):
     assert shaped.env_kwargs["reward_kwargs"]["beta"] == 0.07 and shaped.config.beta == 0.0  # in the reward only
     plain = plan("agent", "grpo", "beta", 0.07)
     assert plain.config.beta == 0.07 and "reward_kwargs" not in plain.env_kwargs  # in the loss only
+
+
+def test_reinforce_groups_only_with_the_leave_one_out_baseline(tmp_path):
+    from tokengym.agents.settings import resolve_settings, validate
+
+    def config(*flags, **given):
+        s, run_dir, resuming = resolve_settings({"agent": "reinforce", "set": list(flags), **given}, None, str(tmp_path / "run"))
+        return validate(s, run_dir, resuming, frozenset(["agent", "set", *given])).config
+
+    assert (config().baseline, config().group_size) == ("leave-one-out", 4)  # RLOO by default
+    assert config(group_size=8).group_size == 8
+    assert config("baseline=moving-average").group_size == 1  # distinct prompts without the groups' baseline
