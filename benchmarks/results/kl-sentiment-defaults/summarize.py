@@ -1,7 +1,7 @@
 """Summarise the fixed-β sweep judged by `tokengym eval` (issue 12): for each arm and seed, the VADER
 gain of 256 fresh 16-token samples over π_ref's, the sampled KL(π_θ‖π_ref) per sequence and the
-distinct-2 ratio; then mean ± std over seeds. Usage: python summarize.py RUNS_DIR > summary.md
-(RUNS_DIR holds ARM-sS/ run directories, each with eval.json and metrics.jsonl)."""
+distinct-2 ratio; then mean ± std over seeds. Usage: python summarize.py RUNS_DIR [RUNS_DIR ...] > summary.md
+(each RUNS_DIR holds ARM-sS/ run directories, each with eval.json and metrics.jsonl)."""
 import json, statistics, sys
 from pathlib import Path
 
@@ -15,14 +15,21 @@ ARMS = {  # run-directory prefix -> label
     "grpo-b055-lr25": "GRPO G=4, KL in the reward only, lr 2.5e-4, β 0.055 (**default**)",
     "grpo-b055-lr2": "GRPO G=4, KL in the reward only, lr 2e-4, β 0.055",
     "grpo-kr-b05": "GRPO G=4, KL in the reward only, lr 3e-4, β 0.05",
+    "rf-g8-lr3": "REINFORCE RLOO G=8 per step, lr 3e-4, β 0.055",
+    "rf-g8-lr2": "REINFORCE RLOO G=8 per step, lr 2e-4, β 0.055",
+    "rf-g8-lr225": "REINFORCE RLOO G=8 per step, lr 2.25e-4, β 0.055",
+    "grpo-g8": "GRPO G=8, KL in the reward only, lr 2.5e-4, β 0.055",
+    "grpo-g8-lr2": "GRPO G=8, KL in the reward only, lr 2e-4, β 0.055",
+    "grpo-drgrpo": "GRPO G=4 unscaled advantages (Dr. GRPO), lr 2.5e-4, β 0.055",
+    "ppo-nowhiten": "PPO 1 × 1 without advantage whitening, lr 3e-4, β 0.055",
     "a2c-lr2-b05": "A2C, lr 2e-4, β 0.05",
     "ppo11-lr2-b05": "PPO 1 × 1, lr 2e-4, β 0.05",
 }
-root, records = Path(sys.argv[1]), []
+roots, records = [Path(a) for a in sys.argv[1:]], []
 print("| arm (fixed β) | seeds | per seed: gain @ KL (distinct-2 ratio) | VADER gain | KL nats | distinct-2 ratio | highest training KL |")
 print("|---|---|---|---|---|---|---|")
 for arm, label in ARMS.items():
-    runs = sorted(d for d in root.glob(f"{arm}-s[0-9]") if (d / "eval.json").exists())
+    runs = sorted((d for root in roots for d in root.glob(f"{arm}-s[0-9]") if (d / "eval.json").exists()), key=lambda d: d.name)
     if not runs:
         continue
     ev = [json.loads((d / "eval.json").read_text()) for d in runs]
@@ -45,8 +52,9 @@ def short(label: str) -> str:
     return " ".join(parts).replace("β 0.", "β .") + (" default" if "default" in label else "")
 
 
-AGENT = {"a2c": "a2c", "ppo11": "ppo", "rf": "reinforce", "grpo": "grpo"}
+AGENT = {"a2c": "a2c", "ppo11": "ppo", "ppo": "ppo", "rf": "reinforce", "grpo": "grpo"}
 plot_records = [{"env": "tokengym/Sentiment-v0", "agent": AGENT[r["arm"].split("-")[0]], "config": short(ARMS[r["arm"]]),
-                 "seed": r["seed"], "final_eval": {"kl": r["kl"], "score_gain": r["score_gain"]}} for r in records]
+                 "seed": r["seed"], "final_eval": {"kl": r["kl"], "score_gain": r["score_gain"]}}
+                for r in records if "β 0.055" in ARMS[r["arm"]]]  # the default β's arms
 plots.plot_frontier(plot_records, Path(__file__).parent / "frontier.png", x="final_eval/kl", y="final_eval/score_gain",
                     xlabel="KL(π_θ‖π_ref) per sequence, 256 fresh samples", ylabel="VADER gain over π_ref, 256 fresh samples")

@@ -5,7 +5,7 @@ Usage: python sweep.py '[[name, seed, [extra flags...]], ...]' (outputs under /t
 import json, os, subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
 BASE = ["--env", "tokengym/Sentiment-v0", "--reward", "kl-shaped", "--min-new-tokens", "16", "--episodes", "2048",
-        "--batch-size", "32", "--beta", "0.1", "--quiet"]
+        "--batch-size", "32", "--quiet"]
 def cell(name, seed, extra):
     out = f"/tmp/kl-defaults/{name}-s{seed}"
     if not os.path.exists(f"{out}/policy"):
