@@ -14,7 +14,9 @@ from tokengym.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = ["--agent", "reinforce", "--group-size", "2", "--episodes", "4", "--batch-size", "2", "--max-new-tokens", "3", "--quiet"]
+# The moving-average baseline: with batches of 2, leave-one-out is one group of 2 whose advantage is 0
+# whenever both samples score alike, and these 2-iteration runs must move the weights.
+FAST = ["--agent", "reinforce", "--set", "baseline=moving-average", "--episodes", "4", "--batch-size", "2", "--max-new-tokens", "3", "--quiet"]
 
 
 def train(argv: list[str]) -> None:
