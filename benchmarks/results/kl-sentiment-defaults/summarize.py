@@ -43,18 +43,30 @@ for arm, label in ARMS.items():
                  "samples": e["policy"]["samples"]} for d, e, m in zip(runs, ev, kl_max)]
 (Path(__file__).parent / "runs.json").write_text(json.dumps(records, indent=1) + "\n")
 
-# The reward–KL frontier: each arm's mean ± std over seeds (gain against KL), arms of one agent joined.
-from tokengym.benchmarks import plots  # noqa: E402
+# The reward–KL frontier: each β = 0.055 arm's mean ± std over seeds, coloured by agent, the defaults filled.
+import statistics as st  # noqa: E402
 
-def short(label: str) -> str:
-    """'PPO 1 × 1, lr 2.5e-4, β 0.055 (**default**)' -> 'lr 2.5e-4 β .055 default'."""
-    parts = [p for p in label.replace(" (**default**)", "").split(", ") if p.startswith(("lr", "β"))]
-    return " ".join(parts).replace("β 0.", "β .") + (" default" if "default" in label else "")
+from tokengym.lm.plotting import pyplot, save_figure  # noqa: E402
 
-
-AGENT = {"a2c": "a2c", "ppo11": "ppo", "ppo": "ppo", "rf": "reinforce", "grpo": "grpo"}
-plot_records = [{"env": "tokengym/Sentiment-v0", "agent": AGENT[r["arm"].split("-")[0]], "config": short(ARMS[r["arm"]]),
-                 "seed": r["seed"], "final_eval": {"kl": r["kl"], "score_gain": r["score_gain"]}}
-                for r in records if "β 0.055" in ARMS[r["arm"]]]  # the default β's arms
-plots.plot_frontier(plot_records, Path(__file__).parent / "frontier.png", x="final_eval/kl", y="final_eval/score_gain",
-                    xlabel="KL(π_θ‖π_ref) per sequence, 256 fresh samples", ylabel="VADER gain over π_ref, 256 fresh samples")
+COLOURS = {"a2c": "tab:orange", "ppo11": "tab:green", "ppo": "tab:olive", "rf": "tab:blue", "grpo": "tab:red"}
+plt = pyplot()
+fig, ax = plt.subplots(figsize=(10, 5.2))
+for arm, label in ARMS.items():
+    runs = [r for r in records if r["arm"] == arm]
+    if not runs or "β 0.055" not in label:
+        continue
+    kl, gain = [r["kl"] for r in runs], [r["score_gain"] for r in runs]
+    default = "default" in label
+    ax.errorbar(st.mean(kl), st.mean(gain), xerr=st.stdev(kl) if len(kl) > 1 else 0, yerr=st.stdev(gain) if len(gain) > 1 else 0,
+                fmt="o" if default else "s", mfc=None if default else "white", ms=8 if default else 6, capsize=3,
+                color=COLOURS[arm.split("-")[0]], label=f"{label.replace('**', '').replace(', β 0.055', '')} (n={len(runs)})")
+ax.axhline(0.30, color="gray", ls="--", lw=0.8)
+ax.axvline(6.0, color="gray", ls="--", lw=0.8)
+ax.text(3.6, 0.305, "issue 12 bar: gain ≥ +0.30, KL ≤ 6", fontsize=8, color="gray")
+ax.set_xlabel("KL(π_θ‖π_ref) per sequence, 256 fresh samples")
+ax.set_ylabel("VADER gain over π_ref, 256 fresh samples")
+ax.set_title("Sentiment-v0, β = 0.055, 2,048 episodes (filled: defaults)")
+ax.grid(alpha=0.3)
+ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+fig.tight_layout()
+save_figure(fig, Path(__file__).parent / "frontier.png")
