@@ -37,8 +37,10 @@ def assert_within(sampled: float, std: float, n: int, value: float) -> None:
     assert abs(sampled - value) < 4 * std / math.sqrt(n) + 1e-6, (sampled, value, std, n)
 
 
-def test_sampled_score_and_kl_match_exact_enumeration(one_thread):
-    envs = gym.make_vec("tokengym/Calibration-v0", num_envs=256)
+@pytest.mark.parametrize("reward", [None, "kl-shaped"])  # π_ref scored after the episode, or stepped by the env
+def test_sampled_score_and_kl_match_exact_enumeration(reward, one_thread):
+    envs = gym.make_vec("tokengym/Calibration-v0", num_envs=256, **({"reward": reward} if reward else {}))
+    assert envs.unwrapped.steps_reference == (reward is not None)
     model = calibration.build_reference_model()
     torch.manual_seed(0)
     with torch.no_grad():
