@@ -62,6 +62,7 @@ from typing import Any, Mapping, Sequence
 from tokengym.agents import AGENTS
 from tokengym.benchmarks.probes import check_fixed_point
 from tokengym.envs import registered_envs
+from tokengym.lm.errors import UsageError
 from tokengym.rewards import REWARD_NAMES, reward_options
 from tokengym.rewards.kl import AdaptiveKL
 
@@ -77,8 +78,9 @@ EVAL_REWARDS = ("holistic", "fine-grained")
 """Rewards a run can be scored with on the side (``eval_rewards``), never trained on."""
 
 
-class SuiteError(ValueError):
-    """An invalid suite: the message names the file section and the field."""
+class SuiteError(UsageError, ValueError):
+    """An invalid suite: the message names the file section and the field. A :class:`UsageError`, so
+    ``tokengym bench`` reports it in one line."""
 
 
 # ---------------------------------------------------------------------------------------------

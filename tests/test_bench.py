@@ -187,6 +187,18 @@ def test_suite_file_errors_name_the_file(tmp_path):
         bench.load_suite("quick").ablation(bench.parse_ablation(["nope=1,2"]))
 
 
+def test_bench_reports_a_bad_suite_file_in_one_line(tmp_path, capsys):
+    from tokengym.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nenvs = ["tokengym/Sentiment-v0"]\nagents = ["ppo"]\n[env."tokengym/Keywords-v0"]\nlr = 1e-3\n')
+    assert main(["bench", "--suite", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"tokengym: error: {bad}: [env.\"tokengym/Keywords-v0\"]: 'tokengym/Keywords-v0' is not in envs "
+                   "['tokengym/Sentiment-v0']"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_packaged_suites_name_only_registered_envs_and_agents():
     envs = registered_envs()
     quick, full = bench.load_suite("quick"), bench.load_suite("full")
