@@ -243,7 +243,7 @@ def environment_line() -> str:
     """What ran the suite: CPU, threads, library versions."""
     cpu = platform.processor() or platform.machine()
     return (f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+            f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}), Python {platform.python_version()}")
 
 
 def write_results(out: Path, suite: Suite, records: list[dict]) -> None:
