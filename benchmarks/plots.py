@@ -163,7 +163,9 @@ def _panels(records, plt, ncols_max: int = 3):
 
 
 def plot_learning_curves(records, path: str | Path, y: str = "reward", ylabel: str | None = None, log: bool = False) -> Path:
-    """``y`` against episodes, one panel per env, one line per agent (× config), mean ± std band."""
+    """``y`` against episodes, one panel per env that logged it, one line per agent (× config),
+    mean ± std band."""
+    records = [r for r in records if any(y in h for h in r["history"])]
     plt = pyplot()
     groups = group_runs(records)
     fig, axes = _panels(records, plt)
@@ -215,7 +217,8 @@ def plot_reward_vs_kl(records, path: str | Path) -> Path:
 def plot_frontier(records, path: str | Path, y: str = "final_score", ylabel: str = "final score (reward without KL term)",
                   x: str = "final_kl", xlabel: str = "final KL(π_θ‖π_ref) per sequence") -> Path:
     """Final ``y`` against final KL to the reference (``x``), one point per config, error bars =
-    std over seeds."""
+    std over seeds; one panel per env whose runs have both."""
+    records = [r for r in records if _get(r, x) is not None and _get(r, y) is not None]
     plt = pyplot()
     groups = group_runs(records)
     fig, axes = _panels(records, plt)
