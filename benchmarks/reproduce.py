@@ -3,7 +3,7 @@
     python -m tokengym.benchmarks.reproduce calibration    # agents vs the exact KL-regularised optimum
     python -m tokengym.benchmarks.reproduce collapse       # reward collapse (Song et al. 2023)
     python -m tokengym.benchmarks.reproduce fine-grained   # fine-grained vs holistic (Wu et al. 2023)
-    python -m tokengym.benchmarks.reproduce algorithms     # the full suite, one seed: the algorithm table
+    python -m tokengym.benchmarks.reproduce algorithms     # the full suite, 3 seeds: the algorithm table
 
 Each writes into ``benchmarks/results/<name>/`` (``--out`` to change): the suite it ran
 (``suite.toml``, so ``tokengym bench --suite benchmarks/results/<name>/suite.toml`` reruns it; the
@@ -103,9 +103,8 @@ def _by_agent(records: Sequence[Mapping[str, Any]], key: str = "agent") -> dict[
 # ---------------------------------------------------------------------------------------------
 
 
-def reproduce_calibration(out: Path, progress: bool = True) -> dict:
-    """KL(π_θ‖π*) against episodes per agent, and E_πθ[R] vs E_π*[R], all by exact enumeration."""
-    records = run_suite(_write_suite(out, CALIBRATION_SUITE), out, progress=progress)
+def _calibration_table(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict]:
+    """Markdown rows and data per agent: exact KL(π_θ‖π*), E_πθ[R] and the objective, start → final."""
     rows, data = [], {}
     head = ["agent", "seeds", "KL(π_θ‖π*) start → final", "E_πθ[R] start → final", "E_π*[R]",
             "objective E[R] − β·KL(π_θ‖π_ref)", "optimum β·log Z", "wall s"]
@@ -124,6 +123,13 @@ def reproduce_calibration(out: Path, progress: bool = True) -> dict:
         data[agent] = {"kl_to_optimum_start": start_kl, "kl_to_optimum_final": final_kl, "reward_start": start_r,
                        "reward_final": final_r, "optimal_reward": optimum_r, "objective_final": objective,
                        "optimal_objective": optimum, "wall_s": wall, "seeds": n}
+    return rows, data
+
+
+def reproduce_calibration(out: Path, progress: bool = True) -> dict:
+    """KL(π_θ‖π*) against episodes per agent, and E_πθ[R] vs E_π*[R], all by exact enumeration."""
+    records = run_suite(_write_suite(out, CALIBRATION_SUITE), out, progress=progress)
+    rows, data = _calibration_table(records)
     lines = ["Exact values (enumerating all 512 responses) of the final policy of each run; mean ± std over seeds.", "",
              *rows, "", "![KL to the optimum](curves_kl_optimum.png)"]
     _summary(out, "KL-regularised optimum on Calibration-v0", "python -m tokengym.benchmarks.reproduce calibration", lines, data)
@@ -292,21 +298,19 @@ def reproduce_fine_grained(out: Path, progress: bool = True) -> dict:
 
 
 def reproduce_algorithms(out: Path, progress: bool = True) -> dict:
-    """REINFORCE, A2C, PPO and GRPO on every env of the ``full`` suite, one seed (its Calibration-v0
-    rows use the KL-shaped reward; the calibration reproduction has them with two seeds)."""
-    records = run_suite("full", out, seeds=1, progress=progress)
-    head = ["env", "agent", "reward: first → final", "KL to ref", "tokens/s", "wall s"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    data = []
-    for r in records:
-        rows.append(f"| {r['env'].split('/')[-1]} | {r['agent']} | {r['initial_reward']:.3f} → {r['final_reward']:.3f} | "
-                    f"{r['final_kl']:.2f} | {r['tokens_per_s']:.0f} | {r['wall_s']:.0f} |")
-        data.append({k: r[k] for k in ("env", "agent", "seed", "initial_reward", "final_reward", "final_kl", "tokens_per_s", "wall_s")})
-    lines = ["The `full` suite with one seed (`tokengym bench --suite full --seeds 1`); final = mean of the last "
-             "iterations (`last_n`: 5 on the language envs, 10 on Calibration-v0).", "", *rows, "",
-             "![reward](curves_reward.png)"]
-    _summary(out, "Algorithm table", "python -m tokengym.benchmarks.reproduce algorithms", lines, {"runs": data})
-    return {"runs": data}
+    """REINFORCE, A2C, PPO and GRPO with their defaults on every env of the ``full`` suite, 3 seeds:
+    the language tasks judged on fresh samples against π_ref, Calibration-v0 by the exact KL to π*."""
+    records = run_suite("full", out, progress=progress)
+    rows, _ = _calibration_table([r for r in records if r["exact"]])
+    keys = ("env", "agent", "seed", "initial_reward", "final_reward", "final_kl", "final_eval", "exact", "tokens_per_s", "wall_s")
+    lines = ["The `full` suite (`tokengym bench --suite full`): each agent's defaults, 3 seeds. Language tasks: the task "
+             "reward minus β·KL at the default β, each run judged on 256 fresh samples against π_ref (score = the task "
+             "reward without the KL term).", "", *plots.final_eval_table(records), "",
+             "Calibration-v0 (KL-shaped reward, β = 0.5, lr 1e-2), exact over all 512 responses at the last iteration:", "",
+             *rows, "", "![reward](curves_reward.png)"]
+    data = {"runs": [{k: r.get(k) for k in keys} for r in records]}
+    _summary(out, "Algorithm table", "python -m tokengym.benchmarks.reproduce algorithms", lines, data)
+    return data
 
 
 REPRODUCTIONS = {
