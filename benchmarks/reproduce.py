@@ -50,12 +50,6 @@ last_n = 10
 [agent.a2c]
 gae_lambda = 1.0
 
-[agent.ppo]             # clip 0.05: at lr 1e-2 the default 0.2 lets 4 steps per batch overshoot pi* (benchmarks/results/calibration-ablation)
-n_epochs = 2
-n_minibatches = 2
-target_kl = "none"
-clip_eps = 0.05
-
 [agent.grpo]            # the KL lives in the env's reward: no beta term in the loss, Dr. GRPO advantages
 group_size = 8
 beta = 0.0
