@@ -1,36 +1,47 @@
-"""Keywords-v0: final keyword-inclusion reward per seed against the untrained policy.
+"""Keywords-v0: REINFORCE and GRPO against the untrained policy, each run judged by `tokengym eval`.
 
-    python benchmarks/results/keywords/summarize.py > benchmarks/results/keywords/summary.md
+    python benchmarks/results/keywords/summarize.py RUNS_DIR > benchmarks/results/keywords/summary.md
 
-Reads ``untrained.json`` (from ``untrained.py``) and ``runs/<agent>-<seed>/metrics.jsonl`` (from
-``tokengym train``). Final = mean of the last 5 iterations (80 episodes); its standard error is the
-std of those 5 iteration means / √5. ``z`` is (final − untrained) / √(SE_final² + SE_untrained²).
+RUNS_DIR holds ``<agent>-<seed>/`` run directories, each with the ``eval.json`` that `tokengym eval`
+wrote: 256 fresh samples of π_θ and of π_ref (the untrained policy) on the same prompts and random
+numbers. z = gain / standard error of the gain (two independent means over 256 episodes each), the
+quantity ``tests/test_learning.py`` bounds below by 4.
 """
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
-here = Path(__file__).parent
-untrained = json.loads((here / "untrained.json").read_text())
-print(f"Untrained policy: {untrained['mean']:.4f} ± {untrained['stderr']:.4f} (SE) over {untrained['episodes']} episodes, "
-      f"hit rate {untrained['hit_rate']:.3f}.\n")
-print("| agent | seed | first iteration | final (last 5 iterations) | SE | z vs untrained | KL to ref (last 5) |")
-print("|---|---|---|---|---|---|---|")
+runs_dir = Path(sys.argv[1])
+print("| agent | seed | untrained → trained | gain | SE | z | KL(π_θ‖π_ref) nats | distinct-2 ratio |")
+print("|---|---|---|---|---|---|---|---|")
 groups: dict[str, list] = {}
-for run in sorted((here / "runs").iterdir()):
+records = []
+for run in sorted(runs_dir.iterdir()):
     agent, seed = run.name.rsplit("-", 1)
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    last = history[-5:]
-    rewards = [h["reward/keyword_inclusion"] for h in last]
-    final, se = statistics.mean(rewards), statistics.stdev(rewards) / math.sqrt(len(rewards))
-    kl = statistics.mean(h["kl_ref"] for h in last)
-    z = (final - untrained["mean"]) / math.hypot(se, untrained["stderr"])
-    groups.setdefault(agent, []).append((final, kl, z))
-    print(f"| {agent} | {seed} | {history[0]['reward/keyword_inclusion']:.3f} | {final:.3f} | {se:.3f} | {z:.1f} | {kl:.1f} |")
-print("\n| agent | seeds | final reward, mean ± std | KL to ref, mean ± std | smallest z |")
+    report = json.loads((run / "eval.json").read_text())
+    policy, reference, n = report["policy"], report["reference"], report["episodes"]
+    se = math.sqrt((policy["score_std"] ** 2 + reference["score_std"] ** 2) / n)
+    z = report["score_gain"] / se
+    groups.setdefault(agent, []).append((report["score_gain"], report["kl"], z))
+    records.append({"agent": agent, "seed": int(seed), "reference_score": reference["score"], "score": policy["score"],
+                    "score_gain": report["score_gain"], "se": se, "z": z, "kl": report["kl"],
+                    "distinct_2_ratio": report["distinct_2_ratio"]})
+    print(f"| {agent} | {seed} | {reference['score']:.3f} → {policy['score']:.3f} | {report['score_gain']:+.3f} | {se:.3f} | "
+          f"{z:.1f} | {report['kl']:.1f} | {report['distinct_2_ratio']:.2f} |")
+print()
+print("| agent | seeds | gain, mean ± std | KL, mean ± std | smallest z |")
 print("|---|---|---|---|---|")
 for agent, rows in groups.items():
-    finals, kls, zs = zip(*rows)
-    sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
-    print(f"| {agent} | {len(rows)} | {statistics.mean(finals):.3f} ± {sd(finals):.3f} | {statistics.mean(kls):.1f} ± {sd(kls):.1f} | {min(zs):.1f} |")
+    gains, kls, zs = zip(*rows)
+    print(f"| {agent} | {len(rows)} | {statistics.mean(gains):+.3f} ± {statistics.stdev(gains):.3f} | "
+          f"{statistics.mean(kls):.1f} ± {statistics.stdev(kls):.1f} | {min(zs):.1f} |")
+print()
+print("Commands (OMP_NUM_THREADS=1, seeds S = 0, 1, 2; the agents' defaults otherwise: groups of 4, REINFORCE with the "
+      "per-step leave-one-out baseline):")
+print()
+for agent in groups:
+    print(f"    tokengym train --env tokengym/Keywords-v0 --agent {agent} --episodes 960 --batch-size 16 --lr 5e-4 "
+          f"--seed S --out RUNS_DIR/{agent}-S --quiet && tokengym eval --run RUNS_DIR/{agent}-S")
+(Path(__file__).parent / "runs.json").write_text(json.dumps(records, indent=1) + "\n")
