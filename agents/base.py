@@ -413,7 +413,11 @@ class Agent(abc.ABC):
         def write(tmp: Path) -> None:
             self.policy.save_pretrained(tmp / "policy")
             self.reference.save_pretrained(tmp / "reference", tokenizer=self.env.tokenizer)
-            (tmp / CONFIG_FILE).write_text(json.dumps({"agent": type(self).__name__, **asdict(self.config)}, indent=2))
+            dtype = self.policy.autocast_dtype
+            (tmp / CONFIG_FILE).write_text(json.dumps({
+                "agent": type(self).__name__, **asdict(self.config),
+                "autocast_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+            }, indent=2))
             torch.save(self._trainer_state(), tmp / TRAINER_STATE_FILE)
 
         return atomic_write_dir(directory, write, keep=keep)
@@ -477,7 +481,8 @@ class Agent(abc.ABC):
 
     @classmethod
     def load(cls, directory: str | os.PathLike, env) -> "Agent":
-        """Resume an agent saved by :meth:`save` on ``env`` (same task and batch size)."""
+        """Resume an agent saved by :meth:`save` on ``env`` (same task and batch size), with the
+        policy's autocast dtype as it was saved."""
         directory = Path(directory)
         saved = json.loads((directory / CONFIG_FILE).read_text())
         if saved.pop("agent") != cls.__name__:
@@ -486,8 +491,10 @@ class Agent(abc.ABC):
         config = cls.config_class(**{k: v for k, v in saved.items() if k in names})
         env = getattr(env, "unwrapped", env)
         lora = (directory / "policy" / "adapter_config.json").is_file()  # adapters on reference/'s base
+        dtype = saved.get("autocast_dtype")  # absent in checkpoints from before it was recorded: float32
         policy = Policy.from_pretrained(
-            directory / "policy", device=env.device, base_model=directory / "reference" if lora else None
+            directory / "policy", device=env.device, base_model=directory / "reference" if lora else None,
+            autocast_dtype=None if dtype is None else getattr(torch, dtype),
         )
         if not lora:  # a LoRA policy's π_ref is its base, adapters off (set in __init__)
             env.set_reference(Reference.load(directory / "reference", temperature=env.sampling.temperature, device=env.device))

@@ -191,6 +191,23 @@ def test_save_load_resume_reproduces_the_next_iteration(tmp_path, agent_class, c
         assert model.config.vocab_size == 8
 
 
+def test_load_keeps_the_policys_autocast_dtype(tmp_path):
+    """A bf16 run resumed by ``Agent.load`` stays bf16: the next iteration matches the uninterrupted one,
+    which a float32 resume does not (bf16 log-probs differ from float32 ones in the third digit)."""
+    env = calibration_env(num_envs=8)
+    policy = Policy.from_pretrained(env.unwrapped.model, autocast_dtype=torch.bfloat16)
+    agent = REINFORCE(env, REINFORCEConfig(lr=1e-2, seed=3), policy=policy)
+    agent.learn(8)
+    agent.save(tmp_path / "ckpt")
+    expected = agent.train_iteration()
+
+    resumed = REINFORCE.load(tmp_path / "ckpt", calibration_env(num_envs=8))
+    assert resumed.policy.autocast_dtype is torch.bfloat16
+    got = resumed.train_iteration()
+    assert got["kl_ref"] == pytest.approx(expected["kl_ref"], abs=1e-6)
+    assert got["entropy"] == pytest.approx(expected["entropy"], abs=1e-6)
+
+
 def test_history_logs_the_diagnostics_each_agent_promises():
     expectations = {
         REINFORCE: {"reward", "kl_ref", "entropy", "tokens_per_s"},
