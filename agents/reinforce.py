@@ -23,9 +23,9 @@ BASELINES = ("none", "moving-average", "leave-one-out")
 class REINFORCEConfig(AgentConfig):
     lr: float = 2.5e-4
     """Adam learning rate, > 0 (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
-    group_size: int = 4
+    group_size: int | None = None
     """Samples per prompt, compared by the leave-one-out baseline (≥ 2 for it; must divide the batch).
-    With another baseline, set 1 for distinct prompts (the CLI does when ``--set baseline=`` is given)."""
+    None: 4 with the leave-one-out baseline, 1 (distinct prompts) with another, which has no use for groups."""
     baseline: str = "leave-one-out"
     """'leave-one-out' (RLOO per step; needs group_size ≥ 2), 'moving-average' (EMA of past returns) or 'none'."""
     baseline_momentum: float = 0.9
@@ -34,9 +34,11 @@ class REINFORCEConfig(AgentConfig):
     """Entropy bonus weight, ≥ 0."""
 
     def __post_init__(self):
-        super().__post_init__()
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.group_size is None:
+            self.group_size = 4 if self.baseline == "leave-one-out" else 1
+        super().__post_init__()
         if self.baseline == "leave-one-out" and self.group_size < 2:
             raise ValueError(f"baseline='leave-one-out' needs group_size >= 2, got {self.group_size}")
         check_range("baseline_momentum", self.baseline_momentum, 0, 1, high_open=True)

@@ -283,8 +283,6 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
                 f"--agent {s['agent']} does not use groups, so it would have no effect",
             )
         kwargs["group_size"] = s["group_size"]
-    elif s["agent"] == "reinforce" and baseline != "leave-one-out":
-        kwargs["group_size"] = 1  # groups only serve the leave-one-out baseline: distinct prompts otherwise
     try:
         config = agent_class.config_class(**kwargs)
     except (ValueError, TypeError) as exc:

@@ -41,6 +41,15 @@ def test_invalid_configs_name_the_field(config_class, field, value, match):
         config_class(**{field: value})
 
 
+def test_reinforce_groups_prompts_only_for_the_leave_one_out_baseline():
+    assert REINFORCEConfig().group_size == 4  # RLOO compares the samples of one prompt
+    assert REINFORCEConfig(baseline="moving-average").group_size == 1  # no use for groups: distinct prompts
+    assert REINFORCEConfig(baseline="none").group_size == 1
+    assert REINFORCEConfig(baseline="none", group_size=2).group_size == 2  # an explicit size is kept
+    with pytest.raises(ValueError, match="needs group_size >= 2, got 1"):
+        REINFORCEConfig(group_size=1)
+
+
 @pytest.mark.parametrize("field, value", [("temperature", 0.0), ("top_k", -1), ("top_p", 1.5)])
 def test_sampling_belongs_to_the_env_and_is_validated_there(field, value):
     with pytest.raises(ValueError, match=field):
