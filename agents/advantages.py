@@ -172,9 +172,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     data-parallel run the mean and the (unbiased) variance are those of every rank's valid
     entries, so N ranks whiten exactly as one process holding the global batch would.
     """
-    mean, count = _global_masked_sum(x, mask)
-    mean = mean / count
-    squares, _ = _global_masked_sum((x - mean) ** 2, mask)
+    mean, squares, count = _global_moments(x, mask)
     whitened = (x - mean) * torch.rsqrt(squares / (count - 1) + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -187,15 +185,24 @@ def _global_masked_sum(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     return totals[0].to(x.dtype), totals[1].to(x.dtype)
 
 
+def _global_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, Σ (x − mean)², count) of the valid entries of every rank: the global batch's."""
+    total, count = _global_masked_sum(x, mask)
+    mean = total / count
+    squares, _ = _global_masked_sum((x - mean) ** 2, mask)
+    return mean, squares, count
+
+
 def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """0-dim ``1 − Var[target − pred] / Var[target]`` over ``mask``; NaN when ``Var[target] = 0``.
 
     1 is a perfect value function, 0 no better than predicting the mean, < 0 worse (SB3's
-    ``explained_variance``, which also returns NaN for a constant target).
+    ``explained_variance``, which also returns NaN for a constant target). In a data-parallel run
+    both variances are the global batch's, as the logged value is.
     """
-    target_var = masked_var(target, mask, unbiased=False)
-    residual_var = masked_var(target - pred, mask, unbiased=False)
-    return torch.where(target_var == 0, torch.nan, 1 - residual_var / target_var)
+    _, target_squares, _ = _global_moments(target, mask)
+    _, residual_squares, _ = _global_moments(target - pred, mask)
+    return torch.where(target_squares == 0, torch.nan, 1 - residual_squares / target_squares)
 
 
 def _grouped(scores: torch.Tensor, group_size: int, per_step: bool = False) -> torch.Tensor:
