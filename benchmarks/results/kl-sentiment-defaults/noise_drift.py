@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import tokengym  # noqa: F401  (registers the envs)
+import tokengym.envs  # noqa: F401  (registers the envs)
 from tokengym.agents import PPO, PPOConfig
 from tokengym.agents.policy import Policy
 from tokengym.rewards.holistic import Holistic
