@@ -28,6 +28,7 @@ from tokengym.agents.settings import (
 )
 from tokengym.lm.errors import UsageError, bad_value
 from tokengym.lm.io import atomic_write_file
+from tokengym.lm.loading import hub_progress_bars
 
 __all__ = ["add_cli", "train", "plot_curve", "run", "TIMING_FIELDS"]
 
@@ -308,7 +309,9 @@ def _main(args: argparse.Namespace) -> int:
     given = {name: value for name, value in vars(args).items() if name in DEFAULTS}
     settings, run_dir, resuming = resolve_settings(given, getattr(args, "resume", None), getattr(args, "out", None))
     plan = validate(settings, run_dir, resuming, frozenset(given))
-    history = run(settings, plan, run_dir, resuming, progress=not getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False)
+    with hub_progress_bars(enabled=not quiet):  # --quiet silences transformers' weight-loading bars too
+        history = run(settings, plan, run_dir, resuming, progress=not quiet)
     print(_summary(history))
     print(f"wrote {run_dir}/metrics.jsonl, curve.png, policy/, reference/" + (
         f", checkpoints/ (resume with --resume {run_dir})" if settings["save_every"] else ""))
@@ -370,5 +373,5 @@ def add_cli(subparsers) -> None:
     add("--save-every", type=int, metavar="ITERATIONS", help="checkpoint every this many iterations and at the end (default: never)")
     add("--keep-checkpoints", type=int, metavar="K", help=f"keep the newest K checkpoints (default: {d['keep_checkpoints']})")
     add("--resume", metavar="DIR", help="continue the run in DIR from its newest valid checkpoint, with its recorded settings")
-    add("--quiet", action="store_true", help="no progress bar and no before/after samples")
+    add("--quiet", action="store_true", help="no progress bars (transformers' too) and no before/after samples")
     parser.set_defaults(func=_main)

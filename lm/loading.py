@@ -6,9 +6,10 @@ network; ``"embedded"`` and local directories load with ``local_files_only=True`
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -133,3 +134,21 @@ def max_positions(config) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+@contextlib.contextmanager
+def hub_progress_bars(enabled: bool) -> Iterator[None]:
+    """Inside, transformers' and huggingface_hub's own progress bars (loading and writing weights,
+    downloads) are off unless ``enabled``; their previous state comes back on exit."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging
+
+    were = logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    if not enabled:
+        logging.disable_progress_bar()
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        logging.enable_progress_bar() if were[0] else logging.disable_progress_bar()
+        enable_progress_bars() if were[1] else disable_progress_bars()

@@ -72,6 +72,19 @@ def test_train_any_local_causal_lm_and_transformers_alone_loads_the_policy(tmp_p
     assert any(not torch.equal(trained[k], base[k]) for k in base)  # it trained
 
 
+def test_quiet_silences_transformers_progress_bars_and_restores_them(tmp_path, capfd):
+    from transformers.utils import logging
+
+    model_dir = save_tiny(tmp_path / "gpt2", "gpt2")
+    argv = ["--model", str(model_dir), "--prompts", prompts_file(tmp_path)]
+    assert main(["train", *argv, *[a for a in FAST if a != "--quiet"], "--out", str(tmp_path / "loud")]) == 0
+    assert "Loading weights" in capfd.readouterr().err  # transformers' own bar, without --quiet
+    train([*argv, "--out", str(tmp_path / "quiet")])
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err, err[-500:]
+    assert logging.is_progress_bar_enabled()  # an in-process caller gets its bars back
+
+
 def test_lora_trains_adapters_only_and_peft_alone_loads_it_and_export_merges(tmp_path):
     from peft import AutoPeftModelForCausalLM
 
