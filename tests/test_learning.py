@@ -1,5 +1,6 @@
-"""Learning on language with the defaults, judged on fresh samples against the untrained
-reference (`tokengym.benchmarks.evaluate`); the 3-seed runs are `tokengym bench --suite kl-sentiment`.
+"""Learning on language as a user runs it (the README's main job, and the defaults), judged on fresh
+samples against the untrained reference (`tokengym.benchmarks.evaluate`); the 3-seed runs of the
+defaults are `tokengym bench --suite kl-sentiment`.
 
 Sentiment-v0 with the KL-shaped reward at the project's default β, 16-token episodes. VADER must rise
 by ≥ +0.30 (and by more than 5 standard errors) at a sampled KL(π_θ‖π_ref) ≤ 6 nats per sequence, with
