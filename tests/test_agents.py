@@ -236,7 +236,7 @@ CALIBRATION_CONFIGS = [
     (A2C, A2CConfig(lr=1e-2, gae_lambda=1.0)),
     # PPO's defaults (one epoch of one minibatch): 0.07-0.09× the start on seeds 0-2. The former
     # 4 epochs × 4 minibatches at ε = 0.2 over-stepped π* and levelled off at KL ≈ 0.05-0.09
-    # (benchmarks/results/calibration-ablation), the cause of the one-epoch default.
+    # (experiments/calibration-ablation), the cause of the one-epoch default.
     (PPO, PPOConfig(lr=1e-2)),
     # GRPO with the KL in the env's reward (β in the loss off, Dr. GRPO's unscaled advantages):
     # its fixed point is then exactly π*, like the others'.
@@ -249,7 +249,7 @@ CALIBRATION_CONFIGS = [
 def test_agents_approach_the_kl_regularised_optimum(agent_class, config, seed):
     """π* ∝ π_ref·exp(R/β) by enumerating all 512 sequences; KL(π_θ‖π*) must fall to ≤ 0.3× its
     start on every seed. 60 iterations of 256 episodes; the exact KL is averaged over iterations
-    50, 55 and 60, because it fluctuates between iterations (benchmarks/results/calibration-ablation). Measured on seeds 0-2 (ibid.), every agent's mean over
+    50, 55 and 60, because it fluctuates between iterations (experiments/calibration-ablation). Measured on seeds 0-2 (ibid.), every agent's mean over
     those iterations is 0.06-0.10× its start (PPO with ε = 0.2: up to 0.18×), so 0.3× leaves room
     without being loose."""
     ref_logprobs = calibration.sequence_logprobs(calibration.build_reference_model())

@@ -8,7 +8,7 @@ distinct-2 ≥ 0.7× the reference's.
 
 - A2C as the README's main job runs it: 4,096 episodes at lr 1.5e-4, half the default. Over seeds 0-5
   it measured +0.41 @ 4.8, +0.41 @ 4.5, +0.45 @ 5.1, +0.43 @ 5.4, +0.38 @ 4.3 and +0.38 @ 4.2 nats
-  (`benchmarks/results/kl-sentiment-defaults/longer-budget.json`). The test runs seeds 0 and 1.
+  (`experiments/kl-sentiment-defaults/longer-budget.json`). The test runs seeds 0 and 1.
 - PPO's defaults at 2,048 episodes: +0.48 @ 7.8, +0.33 @ 5.4, +0.33 @ 5.5 on seeds 0-2. The test runs
   seed 1, a regression check on a fixed seed, not a claim for every seed: over seeds 0-5 PPO's
   defaults meet the bar on four (BENCHMARKS.md).
@@ -17,7 +17,7 @@ At 2,048 episodes no agent's defaults meet the bar on every seed; REINFORCE's me
 GRPO's on seeds 1 and 2 through the suite runner but on none through `train()`, this test's path.
 
 Keywords-v0, the GRPO task (task reward only, 960 episodes in batches of 16, lr 5e-4 as in
-`benchmarks/results/keywords`): GRPO and REINFORCE beat the untrained policy by more than 4
+`experiments/keywords`): GRPO and REINFORCE beat the untrained policy by more than 4
 standard errors on seeds 0 and 1.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ import math
 
 import pytest
 
-from tokengym.agents.train import train
-from tokengym.benchmarks.evaluate import evaluate_run
+from tokengym.train import train
+from tokengym.evaluate import evaluate_run
 
 
 def standard_error(report: dict) -> float:

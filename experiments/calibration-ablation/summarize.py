@@ -1,7 +1,7 @@
 """Summarise runs.jsonl: per config, the exact KL(π_θ‖π*) averaged over the last 4 evaluations
 (the last 20 iterations) of each seed, then mean ± std over seeds.
 
-    python benchmarks/results/calibration-ablation/summarize.py > benchmarks/results/calibration-ablation/summary.md
+    python experiments/calibration-ablation/summarize.py > experiments/calibration-ablation/summary.md
 """
 import json
 import statistics

@@ -6,15 +6,12 @@ The corpus is offline text that Debian ships: the ``fortunes`` / ``fortunes-min`
 trains the tokenizer and the model, measures held-out perplexity, and writes both in Hugging Face
 format (``save_pretrained``, safetensors, fp32) so that plain ``transformers`` loads them::
 
-    tokengym pretrain                         # rebuilds lm/embedded_model/ with the defaults
-    python -m tokengym.benchmarks.pretrain --quick --out /tmp/tiny_lm
+    python tools/pretrain.py                         # rebuilds lm/embedded_model/ with the defaults
+    python tools/pretrain.py --quick --out /tmp/tiny_lm
 
-Writes are atomic (:func:`tokengym.lm.io.atomic_write_dir`).
-
-This is a build script, not runtime code: it lives in ``benchmarks/`` and nothing in the runtime
-packages imports it (``tokengym pretrain`` loads it when the CLI runs). It is over 400 lines
-because it is one pipeline (corpus cleaning, tokenizer, model, training loop, evaluation, CLI)
-that is read and changed together.
+Writes are atomic (:func:`tokengym.lm.io.atomic_write_dir`). A build script outside the installed
+package: one pipeline, top to bottom: corpus cleaning, tokenizer, model, training loop,
+evaluation, command line. ``tools/test_pretrain.py`` tests it.
 """
 from __future__ import annotations
 
@@ -564,7 +561,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before training")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--samples", action="store_true", help="print sample continuations after training")
-    parser.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -586,23 +582,11 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Register ``pretrain`` on an argparse subparsers object; ``args.func(args)`` runs it."""
-    parser = subparsers.add_parser(
-        "pretrain",
-        help="train the embedded default model (tokenizer + small GPT-2) from offline text",
-        description=__doc__.split("\n\n")[0],
-    )
-    _add_arguments(parser)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokengym.benchmarks.pretrain",
+    parser = argparse.ArgumentParser(prog="python tools/pretrain.py",
                                      description=__doc__.split("\n\n")[0])
     _add_arguments(parser)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_cli(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Exact KL(π_θ‖π*) on Calibration-v0 (KL-shaped reward, β = 0.5) for one agent config and several seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/results/calibration-ablation/ablate.py ppo --name base \
+    OMP_NUM_THREADS=1 python experiments/calibration-ablation/ablate.py ppo --name base \
         --set lr=1e-2 n_epochs=2 n_minibatches=2 target_kl=None --seeds 0 1 2 --iterations 120
 
 Appends one JSON line per seed to ``runs.jsonl`` beside this file: the exact KL every 5 iterations,

@@ -1,6 +1,6 @@
 """Keywords-v0: REINFORCE and GRPO against the untrained policy, each run judged by `tokengym eval`.
 
-    python benchmarks/results/keywords/summarize.py RUNS_DIR > benchmarks/results/keywords/summary.md
+    python experiments/keywords/summarize.py RUNS_DIR > experiments/keywords/summary.md
 
 RUNS_DIR holds ``<agent>-<seed>/`` run directories, each with the ``eval.json`` that `tokengym eval`
 wrote: 256 fresh samples of π_θ and of π_ref (the untrained policy) on the same prompts and random
