@@ -34,7 +34,7 @@ def resolve_model_name(name: str | os.PathLike) -> str:
         if not (EMBEDDED_MODEL_DIR / "config.json").exists():
             raise FileNotFoundError(
                 f"the embedded model is missing from {EMBEDDED_MODEL_DIR}; rebuild it with "
-                "`tokengym pretrain` or reinstall tokengym"
+                "`python tools/pretrain.py` from a source checkout, or reinstall tokengym"
             )
         return str(EMBEDDED_MODEL_DIR)
     return name

@@ -1,4 +1,5 @@
-"""The embedded default model shipped in ``lm/embedded_model/``: small safetensors files, consistent\nspecial-token ids, and a held-out perplexity far below a uniform guess."""
+"""The embedded default model shipped in ``lm/embedded_model/``: small safetensors files, consistent
+special-token ids, and a held-out perplexity far below a uniform guess."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,6 @@ import pytest
 import torch
 
 from tokengym.lm.loading import EMBEDDED_MODEL_DIR, load_causal_lm, load_tokenizer
-
-# ---------------------------------------------------------------------------------------------
 
 HELDOUT_SENTENCES = [
     "The weather was cold and wet, so we stayed at home and read books all afternoon.",
