@@ -1,6 +1,7 @@
 """tokengym.agents: the KV-cache policy, rollout storage and advantages, one file per agent."""
 from tokengym.agents.a2c import A2C, A2CConfig
-from tokengym.agents.base import Agent, AgentConfig, Rollout
+from tokengym.agents.base import Agent, AgentConfig
+from tokengym.agents.rollout import Rollout
 from tokengym.agents.grpo import GRPO, GRPOConfig
 from tokengym.agents.policy import Policy
 from tokengym.lm.sampling import SamplingConfig

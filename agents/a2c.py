@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from tokengym.agents.advantages import explained_variance, gae, masked_mean, n_step_returns, sequence_sum_mean
-from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+from tokengym.agents.base import Agent, AgentConfig
+from tokengym.agents.rollout import Rollout
+from tokengym.lm.config import check_range
 
 __all__ = ["A2C", "A2CConfig"]
 

@@ -1,48 +1,33 @@
-"""What every agent shares: the config fields, rollout collection through reset/step, the guarded
-optimizer step, per-iteration logging, and save/load. Each agent overrides only ``update``.
+"""The agent every algorithm subclasses: its config fields, the training loop, and the guarded
+optimizer step. Each agent overrides only ``update`` (and ``config_class``).
 
-Over ~400 lines because it is the one place the loop lives (as stable-baselines3's
-``OnPolicyAlgorithm``): splitting collection, the guarded step and persistence over several files
-would spread one object's state (optimizer, generators, counters) across them.
+* :class:`AgentConfig`: the fields every agent has.
+* :class:`Agent`: ``collect`` (one batch through ``reset``/``step``, :mod:`tokengym.agents.rollout`),
+  ``update`` (the algorithm), ``minibatch_step`` / ``minibatches`` / ``epochs`` (one guarded optimizer
+  step on a minibatch, micro-batched and summed over ranks), ``learn`` / ``train_iteration`` (the
+  loop and its logged statistics), ``save`` / ``load`` (:mod:`tokengym.agents.checkpoint`).
 """
 from __future__ import annotations
 
 import abc
-import json
 import math
 import os
-import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
-import numpy as np
 import torch
 
 from tokengym.agents.policy import Policy
+from tokengym.agents.rollout import Rollout, driveable_env, play_episodes
 from tokengym.envs.token_env import TokenVectorEnv
 from tokengym.lm import distributed
+from tokengym.lm.config import check_range
 from tokengym.lm.reference import Reference
 
-__all__ = ["AgentConfig", "Agent", "NonFiniteUpdateError", "Rollout", "check_range"]
-
-TRAINER_STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "agent_config.json"
-
-
-def check_range(name: str, value: Any, low: float, high: float, *, low_open=False, high_open=False, integer=False):
-    """Raise a ValueError naming ``name`` unless ``low (<|<=) value (<|<=) high``."""
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and not (isinstance(value, float) and math.isnan(value))
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {what} in {interval}, got {value!r}")
-
+__all__ = ["AgentConfig", "Agent", "NonFiniteUpdateError"]
 
 @dataclass
 class AgentConfig:
@@ -79,36 +64,6 @@ class AgentConfig:
             check_range("minibatch_size", self.minibatch_size, 1, math.inf, integer=True, high_open=True)
 
 
-@dataclass
-class Rollout:
-    """One batch of complete episodes, in the env's layout (all tensors on the env's device)."""
-
-    input_ids: torch.Tensor
-    """(B, P+T) prompts (left-padded) ⊕ responses (right-padded)."""
-    attention_mask: torch.Tensor
-    """(B, P+T) bool, True on real tokens."""
-    prompt_width: int
-    """P."""
-    mask: torch.Tensor
-    """(B, T) bool, True on valid response steps."""
-    logprobs: torch.Tensor
-    """(B, T) log π_θold(a_t|s_t) from the rollout."""
-    ref_logprobs: torch.Tensor
-    """(B, T) log π_ref(a_t|s_t) at the env's temperature: the env's per-step numbers when it
-    stepped π_ref for a KL-shaped reward, else one teacher-forced pass of the same reference."""
-    values: torch.Tensor | None
-    """(B, T) V(s_t) from the rollout, or None."""
-    rewards: torch.Tensor
-    """(B, T) r_t from the env."""
-    components: dict[str, torch.Tensor]
-    """Per-episode total of each reward component, (B,) each."""
-
-    @property
-    def scores(self) -> torch.Tensor:
-        """(B,) undiscounted episode returns."""
-        return self.rewards.sum(-1)
-
-
 class NonFiniteUpdateError(RuntimeError):
     """Too many consecutive updates were skipped for non-finite rewards, losses or gradients."""
 
@@ -129,7 +84,7 @@ class Agent(abc.ABC):
         config = config if config is not None else self.config_class()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        env, self.statistics_wrappers = _driveable(env)
+        env, self.statistics_wrappers = driveable_env(env)
         if not isinstance(env, TokenVectorEnv):
             raise TypeError(
                 f"agents drive the batched env from gymnasium.make_vec('tokengym/...'), got {type(env).__name__}"
@@ -173,44 +128,12 @@ class Agent(abc.ABC):
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ rollout
-    @torch.no_grad()
     def collect(self) -> Rollout:
-        """Play one batch of episodes through ``env.reset`` / ``env.step``."""
-        env, policy, config = self.env, self.policy, self.config
-        options = {"group_size": config.group_size} if config.group_size > 1 else None
-        seed = config.seed if self.iteration == 0 else None
-        obs, _ = env.reset(seed=seed, options=options)
-        P, T, B = env.prompt_width, env.max_new_tokens, env.num_envs
-        policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
-        logprobs = torch.zeros(B, T, device=env.device)  # (B, T)
-        rewards = torch.zeros(B, T, device=env.device)  # (B, T)
-        late_rewards = torch.zeros(B, device=env.device)  # (B,) paid after a row ended (batch-level rewards)
-        values = torch.zeros(B, T, device=env.device) if policy.value_head is not None else None
-        ref_logprobs = torch.zeros(B, T, device=env.device) if env.steps_reference else None
-        for t in range(T):
-            step = policy.act(self.generator, env.shard)
-            obs, reward, _, _, info = env.step(step.actions, logprobs=step.logprobs)
-            logprobs[:, t] = step.logprobs
-            rewards[:, t] = reward
-            if ref_logprobs is not None:
-                ref_logprobs[:, t] = info["ref_logprobs"]
-            if "late_rewards" in info:
-                late_rewards += info["late_rewards"]
-            if values is not None:
-                values[:, t] = step.values
-            if t + 1 == T or ((t + 1) % config.check_done_every == 0 and distributed.all_ranks(env.all_done, env.device)):
-                break
-            policy.advance(step.actions)
-        input_ids, attention_mask = obs["input_ids"], obs["attention_mask"].bool()
-        mask = attention_mask[:, P:]  # (B, T)
-        if ref_logprobs is None:  # the env did not step π_ref: score the episodes once
-            ref_logprobs = self.reference.score(input_ids, attention_mask, P)  # (B, T)
-        last_step = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1)
-        rewards.scatter_add_(1, last_step, late_rewards[:, None])  # a late payment belongs to the row's last step
-        return Rollout(
-            input_ids=input_ids, attention_mask=attention_mask, prompt_width=P, mask=mask,
-            logprobs=torch.where(mask, logprobs, 0.0), ref_logprobs=torch.where(mask, ref_logprobs, 0.0),
-            values=values, rewards=rewards, components=info["reward_components"],
+        """Play one batch of episodes through ``env.reset`` / ``env.step`` (the first with the
+        config's seed)."""
+        return play_episodes(
+            self.env, self.policy, self.generator, seed=self.config.seed if self.iteration == 0 else None,
+            group_size=self.config.group_size, check_done_every=self.config.check_done_every,
         )
 
     # ------------------------------------------------------------------ update
@@ -403,74 +326,11 @@ class Agent(abc.ABC):
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, keep: tuple[str, ...] = ()) -> Path:
-        """Write ``policy/`` and ``reference/`` (``save_pretrained``: transformers alone loads
-        them, each with the env's tokenizer and a generation config; with LoRA ``policy/`` is a
-        PEFT adapter directory and ``reference/`` its full base model, once), the config, and optimizer/RNG/progress state. Atomic: everything is written to a
-        temporary sibling and renamed into place; files named in ``keep`` that already exist in
-        ``directory`` (a run's metrics, say) are carried over."""
-        from tokengym.lm.io import atomic_write_dir
+        """Write ``policy/``, ``reference/``, the config and the trainer state, atomically
+        (:func:`tokengym.agents.checkpoint.save_agent`)."""
+        from tokengym.agents.checkpoint import save_agent
 
-        def write(tmp: Path) -> None:
-            self.policy.save_pretrained(tmp / "policy")
-            self.reference.save_pretrained(tmp / "reference", tokenizer=self.env.tokenizer)
-            dtype = self.policy.autocast_dtype
-            (tmp / CONFIG_FILE).write_text(json.dumps({
-                "agent": type(self).__name__, **asdict(self.config),
-                "autocast_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
-            }, indent=2))
-            torch.save(self._trainer_state(), tmp / TRAINER_STATE_FILE)
-
-        return atomic_write_dir(directory, write, keep=keep)
-
-    def _trainer_state(self) -> dict:
-        """Everything but the weights that the next iteration depends on: optimizer, every RNG
-        (the sampler's generator, torch's, Python's, NumPy's and the env's), the adaptive-β state
-        of a KL-shaped reward, progress, metrics so far, and which parameters train."""
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": list(random.getstate()[1]),
-            "numpy_rng": _numpy_global_state(),
-            "env_rng": self.env.np_random.bit_generator.state,
-            "reward_state": _reward_state(self.env.reward),
-            "iteration": self.iteration,
-            "episodes": self.episodes,
-            "skipped_updates": self.skipped_updates,
-            "consecutive_skipped": self.consecutive_skipped,
-            "history": self.history,
-            "trainable": [name for name, p in self.policy.named_parameters() if p.requires_grad],
-            "extra": self.extra_state(),
-        }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def _restore_trainer_state(self, state: dict) -> None:
-        """Inverse of :meth:`_trainer_state` (the weights are restored separately)."""
-        trainable = set(state["trainable"])
-        names = {name for name, _ in self.policy.named_parameters()}
-        if not trainable <= names:
-            raise ValueError(f"the checkpoint trains parameters this policy lacks: {sorted(trainable - names)[:5]}")
-        if not trainable:
-            raise ValueError("the checkpoint records no trainable parameter: a resumed update would change nothing")
-        for name, p in self.policy.named_parameters():
-            p.requires_grad_(name in trainable)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        random.setstate((3, tuple(state["python_rng"]), None))
-        kind, keys, pos, has_gauss, cached = state["numpy_rng"]
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-        self.env.np_random = np.random.Generator(np.random.PCG64())
-        self.env.np_random.bit_generator.state = state["env_rng"]
-        _restore_reward_state(self.env.reward, state["reward_state"])
-        self.iteration, self.episodes = state["iteration"], state["episodes"]
-        self.skipped_updates, self.history = state["skipped_updates"], state["history"]
-        self.consecutive_skipped = state.get("consecutive_skipped", 0)
-        self.load_extra_state(state["extra"])
+        return save_agent(self, directory, keep)
 
     def extra_state(self) -> dict:
         """Agent-specific state to checkpoint (for example a moving-average baseline)."""
@@ -481,88 +341,8 @@ class Agent(abc.ABC):
 
     @classmethod
     def load(cls, directory: str | os.PathLike, env) -> "Agent":
-        """Resume an agent saved by :meth:`save` on ``env`` (same task and batch size), with the
-        policy's autocast dtype as it was saved."""
-        directory = Path(directory)
-        saved = json.loads((directory / CONFIG_FILE).read_text())
-        if saved.pop("agent") != cls.__name__:
-            raise ValueError(f"{directory} holds a different agent; load it with its own class")
-        names = {f.name for f in fields(cls.config_class)}
-        config = cls.config_class(**{k: v for k, v in saved.items() if k in names})
-        env = getattr(env, "unwrapped", env)
-        lora = (directory / "policy" / "adapter_config.json").is_file()  # adapters on reference/'s base
-        dtype = saved.get("autocast_dtype")  # absent in checkpoints from before it was recorded: float32
-        policy = Policy.from_pretrained(
-            directory / "policy", device=env.device, base_model=directory / "reference" if lora else None,
-            autocast_dtype=None if dtype is None else getattr(torch, dtype),
-        )
-        if not lora:  # a LoRA policy's π_ref is its base, adapters off (set in __init__)
-            env.set_reference(Reference.load(directory / "reference", temperature=env.sampling.temperature, device=env.device))
-        agent = cls(env, config, policy=policy)
-        state = torch.load(directory / TRAINER_STATE_FILE, map_location=env.device, weights_only=True)
-        agent._restore_trainer_state(state)
-        return agent
+        """Resume an agent saved by :meth:`save` on ``env`` (same task and batch size)
+        (:func:`tokengym.agents.checkpoint.load_agent`)."""
+        from tokengym.agents.checkpoint import load_agent
 
-
-def _driveable(env) -> tuple[Any, list]:
-    """The :class:`TokenVectorEnv` under ``env``, and the ``RecordEpisodeStatistics`` wrappers on it.
-
-    The agent drives the env's own ``reset``/``step`` (one KV cache per batch, log-probs passed to
-    ``step``), so a wrapper's ``step`` would be bypassed: only statistics wrappers, which the agent
-    feeds itself, are accepted; any other wrapper, and SAME_STEP autoreset, raise with the reason."""
-    from gymnasium.vector import AutoresetMode, VectorWrapper
-    from gymnasium.wrappers.vector import RecordEpisodeStatistics
-
-    statistics, layer = [], env
-    while isinstance(layer, VectorWrapper):
-        if not isinstance(layer, RecordEpisodeStatistics):
-            raise TypeError(
-                f"agents cannot drive an env wrapped in {type(layer).__name__}: they call the TokenVectorEnv's "
-                "reset/step themselves (one KV cache per batch, log-probs passed to step), so the wrapper would "
-                "be silently bypassed. Only RecordEpisodeStatistics is supported; pass env.unwrapped, or put the "
-                "transformation in the env's reward"
-            )
-        statistics.append(layer)
-        layer = layer.env
-    if getattr(layer, "metadata", {}).get("autoreset_mode") == AutoresetMode.SAME_STEP:
-        raise ValueError(
-            "agents need autoreset_mode='disabled': with 'same-step' a finished row restarts inside step() "
-            "while the agent keeps one KV cache for the batch, so two episodes would be mixed in one row"
-        )
-    return layer, statistics
-
-
-def _numpy_global_state() -> list:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-
-
-def _kl_controllers(reward, seen=None) -> list:
-    """Every adaptive-β controller inside ``reward`` (KL-shaped rewards nest inside sums)."""
-    seen = set() if seen is None else seen
-    if reward is None or id(reward) in seen:
-        return []
-    seen.add(id(reward))
-    found = []
-    controller = getattr(reward, "controller", None)
-    if controller is not None and hasattr(controller, "value"):
-        found.append(controller)
-    children = [getattr(reward, "inner", None)]
-    if isinstance(getattr(reward, "rewards", None), dict):  # WeightedSum: {name: (weight, reward)}
-        children += [child for _, child in reward.rewards.values()]
-    for child in children:
-        found += _kl_controllers(child, seen)
-    return found
-
-
-def _reward_state(reward) -> list[float]:
-    return [float(c.value) for c in _kl_controllers(reward)]
-
-
-def _restore_reward_state(reward, values: list[float]) -> None:
-    controllers = _kl_controllers(reward)
-    if len(controllers) != len(values):
-        raise ValueError(f"the checkpoint has {len(values)} adaptive-β states, the env's reward {len(controllers)}")
-    for controller, value in zip(controllers, values):
-        controller.value = value
-
+        return load_agent(cls, directory, env)

@@ -1,4 +1,13 @@
-"""Periodic checkpoints of a training run, and resuming from the newest valid one.
+"""An agent's persistence: :func:`save_agent` / :func:`load_agent` (``Agent.save`` / ``Agent.load``),
+the resumable trainer state, and a run's periodic checkpoints with resuming from the newest
+valid one.
+
+A saved agent (``Agent.save(DIR)``)::
+
+    DIR/policy/                        save_pretrained: transformers (or peft) alone loads it
+    DIR/reference/                     π_ref, likewise (a LoRA run's full base model, once)
+    DIR/agent_config.json              the agent's class, its config and the policy's autocast dtype
+    DIR/trainer_state.pt               optimizer, every RNG, adaptive β, progress, metrics so far
 
 Layout of a run directory ``DIR`` (written by ``tokengym train``)::
 
@@ -19,20 +28,150 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
+from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from tokengym.agents.policy import Policy
 from tokengym.lm.io import atomic_write_dir
+from tokengym.lm.reference import Reference
+from tokengym.rewards.base import walk
 
-__all__ = ["CHECKPOINTS", "MANIFEST", "write_checkpoint", "list_checkpoints", "check_checkpoint", "newest_valid", "restore"]
+__all__ = [
+    "CHECKPOINTS", "MANIFEST", "save_agent", "load_agent", "trainer_state", "restore_trainer_state",
+    "write_checkpoint", "list_checkpoints", "check_checkpoint", "newest_valid", "restore",
+]
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "MANIFEST.json"
 WEIGHTS = "weights.safetensors"
 STATE = "trainer_state.pt"
+CONFIG_FILE = "agent_config.json"
 FORMAT = 1
+
+
+# ------------------------------------------------------------------------------ a saved agent
+def save_agent(agent, directory: str | os.PathLike, keep: tuple[str, ...] = ()) -> Path:
+    """Write ``policy/`` and ``reference/`` (``save_pretrained``: transformers alone loads them,
+    each with the env's tokenizer and a generation config; with LoRA ``policy/`` is a PEFT
+    adapter directory and ``reference/`` its full base model, once), the config, and the trainer
+    state. Atomic: everything is written to a temporary sibling and renamed into place; files named
+    in ``keep`` that already exist in ``directory`` (a run's metrics, say) are carried over."""
+
+    def write(tmp: Path) -> None:
+        agent.policy.save_pretrained(tmp / "policy")
+        agent.reference.save_pretrained(tmp / "reference", tokenizer=agent.env.tokenizer)
+        dtype = agent.policy.autocast_dtype
+        (tmp / CONFIG_FILE).write_text(json.dumps({
+            "agent": type(agent).__name__, **asdict(agent.config),
+            "autocast_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        }, indent=2))
+        torch.save(trainer_state(agent), tmp / STATE)
+
+    return atomic_write_dir(directory, write, keep=keep)
+
+
+def load_agent(cls, directory: str | os.PathLike, env):
+    """Resume an agent of class ``cls`` saved by :func:`save_agent` on ``env`` (same task and batch
+    size), with the policy's autocast dtype as it was saved."""
+    directory = Path(directory)
+    saved = json.loads((directory / CONFIG_FILE).read_text())
+    if saved.pop("agent") != cls.__name__:
+        raise ValueError(f"{directory} holds a different agent; load it with its own class")
+    names = {f.name for f in fields(cls.config_class)}
+    config = cls.config_class(**{k: v for k, v in saved.items() if k in names})
+    env = getattr(env, "unwrapped", env)
+    lora = (directory / "policy" / "adapter_config.json").is_file()  # adapters on reference/'s base
+    dtype = saved.get("autocast_dtype")  # absent in checkpoints from before it was recorded: float32
+    policy = Policy.from_pretrained(
+        directory / "policy", device=env.device, base_model=directory / "reference" if lora else None,
+        autocast_dtype=None if dtype is None else getattr(torch, dtype),
+    )
+    if not lora:  # a LoRA policy's π_ref is its base, adapters off (set in Agent.__init__)
+        env.set_reference(Reference.load(directory / "reference", temperature=env.sampling.temperature, device=env.device))
+    agent = cls(env, config, policy=policy)
+    restore_trainer_state(agent, torch.load(directory / STATE, map_location=env.device, weights_only=True))
+    return agent
+
+
+# ------------------------------------------------------------------------------ trainer state
+def trainer_state(agent) -> dict:
+    """Everything but the weights that the agent's next iteration depends on: optimizer, every RNG
+    (the sampler's generator, torch's, Python's, NumPy's and the env's), the state of every reward
+    in the env's reward tree (an adaptive β), progress, metrics so far, which parameters train, and
+    the agent's own :meth:`~tokengym.agents.Agent.extra_state`."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "optimizer": agent.optimizer.state_dict(),
+        "generator": agent.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": list(random.getstate()[1]),
+        "numpy_rng": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "env_rng": agent.env.np_random.bit_generator.state,
+        "reward_state": _reward_states(agent.env.reward),
+        "iteration": agent.iteration,
+        "episodes": agent.episodes,
+        "skipped_updates": agent.skipped_updates,
+        "consecutive_skipped": agent.consecutive_skipped,
+        "history": agent.history,
+        "trainable": [name for name, p in agent.policy.named_parameters() if p.requires_grad],
+        "extra": agent.extra_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_trainer_state(agent, state: dict) -> None:
+    """Inverse of :func:`trainer_state` (the weights are restored separately)."""
+    trainable = set(state["trainable"])
+    names = {name for name, _ in agent.policy.named_parameters()}
+    if not trainable <= names:
+        raise ValueError(f"the checkpoint trains parameters this policy lacks: {sorted(trainable - names)[:5]}")
+    if not trainable:
+        raise ValueError("the checkpoint records no trainable parameter: a resumed update would change nothing")
+    for name, p in agent.policy.named_parameters():
+        p.requires_grad_(name in trainable)
+    agent.optimizer.load_state_dict(state["optimizer"])
+    agent.generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    random.setstate((3, tuple(state["python_rng"]), None))
+    kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    agent.env.np_random = np.random.Generator(np.random.PCG64())
+    agent.env.np_random.bit_generator.state = state["env_rng"]
+    _restore_reward_states(agent.env.reward, state["reward_state"])
+    agent.iteration, agent.episodes = state["iteration"], state["episodes"]
+    agent.skipped_updates, agent.history = state["skipped_updates"], state["history"]
+    agent.consecutive_skipped = state.get("consecutive_skipped", 0)
+    agent.load_extra_state(state["extra"])
+
+
+def _stateful_rewards(reward) -> list:
+    """The rewards in ``reward``'s tree (itself and, recursively, its ``children()``) that hold
+    state to checkpoint (an adaptive β), in a fixed depth-first order."""
+    return [r for r in walk(reward) if callable(getattr(r, "state_dict", None)) and r.state_dict()]
+
+
+def _reward_states(reward) -> list[dict]:
+    return [r.state_dict() for r in _stateful_rewards(reward)]
+
+
+def _restore_reward_states(reward, states: list) -> None:
+    stateful = _stateful_rewards(reward)
+    if len(stateful) != len(states):
+        raise ValueError(f"the checkpoint holds the state of {len(states)} rewards (adaptive β), the env's reward has {len(stateful)}")
+    for r, state in zip(stateful, states):
+        r.load_state_dict(state if isinstance(state, dict) else {"beta": state})  # older checkpoints: bare β values
+
+
+# ------------------------------------------------------------------------ periodic checkpoints
 
 
 def _sha256(path: Path) -> str:
@@ -51,7 +190,7 @@ def write_checkpoint(agent, run_dir: str | os.PathLike, run_id: str, keep: int) 
 
     def write(tmp: Path) -> None:
         save_model(agent.policy, str(tmp / WEIGHTS))  # handles tied weights (GPT-2's lm_head)
-        torch.save(agent._trainer_state(), tmp / STATE)
+        torch.save(trainer_state(agent), tmp / STATE)
         files = {name: _sha256(tmp / name) for name in (WEIGHTS, STATE)}
         manifest = {"format": FORMAT, "run_id": run_id, "iteration": agent.iteration,
                     "agent": type(agent).__name__, "files": files}
@@ -120,4 +259,4 @@ def restore(agent, path: Path) -> None:
 
     load_model(agent.policy, str(path / WEIGHTS), device=str(agent.env.device))
     state = torch.load(path / STATE, map_location=agent.env.device, weights_only=True)
-    agent._restore_trainer_state(state)
+    restore_trainer_state(agent, state)

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 
 from tokengym.agents.advantages import approx_kl_and_clipfrac, group_advantages, masked_mean
-from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+from tokengym.agents.base import Agent, AgentConfig
+from tokengym.agents.rollout import Rollout
+from tokengym.lm.config import check_range
 from tokengym.lm.kl import check_estimator, kl_estimate
 
 __all__ = ["GRPO", "GRPOConfig", "grpo_loss"]

@@ -18,7 +18,9 @@ import torch
 from tokengym.agents.advantages import (
     approx_kl_and_clipfrac, explained_variance, gae, masked_mean, masked_whiten, sequence_sum_mean,
 )
-from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+from tokengym.agents.base import Agent, AgentConfig
+from tokengym.agents.rollout import Rollout
+from tokengym.lm.config import check_range
 
 __all__ = ["PPO", "PPOConfig", "ppo_clip_loss"]
 

@@ -12,7 +12,9 @@ import torch
 from tokengym.agents.advantages import (
     MovingAverageBaseline, discounted_returns, leave_one_out_baseline, masked_mean, sequence_sum_mean,
 )
-from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+from tokengym.agents.base import Agent, AgentConfig
+from tokengym.agents.rollout import Rollout
+from tokengym.lm.config import check_range
 
 __all__ = ["REINFORCE", "REINFORCEConfig"]
 

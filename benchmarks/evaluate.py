@@ -1,4 +1,4 @@
-"""Judge a trained policy against its reference on fresh samples (``tokengym eval --run DIR``).
+"""Judge a trained policy against its reference on fresh samples (``tokengym eval --run DIR`` runs it).
 
 Both models continue the same prompts (a seed of their own, not the training one) through the
 env's ``reset``/``step``, scored by the env's reward without a KL-shaped reward's penalty (for a
@@ -16,21 +16,14 @@ The verdict compares the two: ``score_gain`` (policy − reference) and ``distin
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tokengym.lm.io import atomic_write_file
+__all__ = ["distinct_n", "sample_stats", "evaluate", "EVAL_SEED"]
 
-__all__ = ["distinct_n", "sample_stats", "evaluate", "evaluate_run", "add_cli"]
-
-EVAL_FILE = "eval.json"
-"""Where ``tokengym eval`` writes its figures, inside the run directory."""
 CHECK_DONE_EVERY = 8
 """Tokens between the checks whether every episode has ended (each is a host read)."""
 EVAL_SEED = 20_261_122
@@ -51,8 +44,7 @@ def sample_stats(env, model: torch.nn.Module, *, episodes: int, seed: int,
     and length, with the continuations' texts. ``context``: the model's forward context (autocast,
     or a PEFT model's adapters disabled)."""
     from tokengym.agents.policy import Policy
-    from tokengym.lm.distributed import all_ranks
-
+    from tokengym.agents.rollout import play_episodes
     from tokengym.rewards import KLShaped
 
     env = env.unwrapped
@@ -62,30 +54,15 @@ def sample_stats(env, model: torch.nn.Module, *, episodes: int, seed: int,
     scores, kls, lengths, texts = [], [], [], []
     with context if context is not None else contextlib.nullcontext():
         for batch in range(math.ceil(episodes / env.num_envs)):
-            obs, _ = env.reset(seed=seed if batch == 0 else None)
-            P, T, B = env.prompt_width, env.max_new_tokens, env.num_envs
-            policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
-            logprobs = torch.zeros(B, T, device=env.device)  # (B, T) log π(a_t|s_t) of the sampled tokens
-            ref_logprobs = torch.zeros(B, T, device=env.device) if env.steps_reference else None  # (B, T)
-            for t in range(T):
-                step = policy.act(generator, env.shard)
-                obs, reward, _, _, info = env.step(step.actions, logprobs=step.logprobs)
-                logprobs[:, t] = step.logprobs
-                if ref_logprobs is not None:  # a KL-shaped env already ran π_ref on this token
-                    ref_logprobs[:, t] = info["ref_logprobs"]
-                # a host read every CHECK_DONE_EVERY tokens, not every token (stepping a finished env is a no-op)
-                if t + 1 == T or ((t + 1) % CHECK_DONE_EVERY == 0 and all_ranks(env.all_done, env.device)):
-                    break
-                policy.advance(step.actions)
-            input_ids, attention_mask = obs["input_ids"], obs["attention_mask"].bool()
-            mask = attention_mask[:, P:]  # (B, T) response tokens
-            if ref_logprobs is None:  # the env did not step π_ref: score the episodes once
-                ref_logprobs = env.reference.score(input_ids, attention_mask, P)  # (B, T)
-            kls.append(torch.where(mask, logprobs - ref_logprobs, 0.0).sum(-1))
-            scores.append(sum(v for k, v in info["reward_components"].items() if k != penalty))  # (B,) episode totals
+            rollout = play_episodes(env, policy, generator, seed=seed if batch == 0 else None,
+                                    check_done_every=CHECK_DONE_EVERY)
+            mask = rollout.mask  # (B, T) response tokens
+            kls.append(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(-1))
+            scores.append(sum(v for k, v in rollout.components.items() if k != penalty))  # (B,) episode totals
             lengths.append(mask.sum(-1).float())
             if env.tokenizer is not None:
-                texts += [env.tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(input_ids[:, P:], mask)]
+                responses = rollout.input_ids[:, rollout.prompt_width:]  # (B, T)
+                texts += [env.tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(responses, mask)]
     score, kl, length = (torch.cat(x)[:episodes].double() for x in (scores, kls, lengths))
     texts = texts[:episodes]
     return {
@@ -108,71 +85,3 @@ def evaluate(env, model: torch.nn.Module, *, episodes: int = 256, seed: int = EV
     ratio = policy["distinct_2"] / ref["distinct_2"] if policy["distinct_2"] is not None and ref["distinct_2"] else None
     return {"policy": policy, "reference": ref, "score_gain": policy["score"] - ref["score"],
             "kl": policy["kl"], "distinct_2_ratio": ratio, "episodes": episodes, "seed": seed}
-
-
-def evaluate_run(run_dir: str | Path, *, episodes: int = 256, seed: int = EVAL_SEED, batch_size: int = 64,
-                 device: str | None = None) -> dict[str, Any]:
-    """:func:`evaluate` of a ``tokengym train`` run directory: its ``policy/`` against its env
-    (model, prompts, lengths, sampling, from ``run.json``) with the task reward only."""
-    import gymnasium as gym
-
-    from tokengym.agents.policy import Policy
-    from tokengym.agents.settings import resolve_settings, validate
-    from tokengym.agents.train import reward_model_reward
-    from tokengym.lm.errors import UsageError
-
-    run_dir = Path(run_dir)
-    try:
-        s, _, _ = resolve_settings({}, str(run_dir), None)
-    except UsageError as exc:
-        raise UsageError(str(exc).replace("--resume", "--run", 1)) from None
-    if not (run_dir / "policy").is_dir():
-        raise UsageError(f"--run {run_dir}: expected a finished run (it has no policy/ yet)")
-    if device is not None:
-        s["device"] = device
-    plan = validate(s, run_dir, resuming=True)
-    env_kwargs = {k: v for k, v in plan.env_kwargs.items() if k not in ("reward", "reward_kwargs")}
-    spec = env_kwargs.pop("reward_model", None)
-    if spec is not None:  # the run's reward model, holistic, stands in for the task's scorer
-        env_kwargs["reward"] = reward_model_reward({**spec, "reward": "holistic"}, env_kwargs, s)
-    envs = gym.make_vec(s["env"], num_envs=batch_size, **env_kwargs)
-    policy_kwargs = {k: v for k, v in plan.policy_kwargs.items() if k not in ("lora", "autocast_dtype")}
-    policy = Policy.from_pretrained(run_dir / "policy", device=envs.unwrapped.device, **policy_kwargs)
-    return evaluate(envs, policy.model, episodes=episodes, seed=seed)
-
-
-def _line(name: str, stats: dict[str, Any]) -> str:
-    distinct = "   n/a" if stats["distinct_2"] is None else f"{stats['distinct_2']:6.3f}"
-    return f"  {name:<10} {stats['score']:+7.3f} ± {stats['score_std']:.3f}  {stats['kl']:7.2f}  {distinct}  {stats['length']:6.1f}"
-
-
-def _main(args: argparse.Namespace) -> int:
-    from tokengym.lm.errors import UsageError
-
-    for flag, value in (("--episodes", args.episodes), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise UsageError(f"{flag} {value}: expected an integer ≥ 1")
-    report = evaluate_run(args.run, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size, device=args.device)
-    atomic_write_file(Path(args.run) / EVAL_FILE, json.dumps(report, indent=2).encode())
-    print(f"{args.episodes} fresh episodes each (seed {args.seed}), the env's task reward:")
-    print(f"  {'':<10} {'score':>7}   {'(std)':<5}  {'KL nats':>7}  {'dist-2':>6}  {'tokens':>6}")
-    print(_line("reference", report["reference"]))
-    print(_line("policy", report["policy"]))
-    ratio = "n/a" if report["distinct_2_ratio"] is None else f"{report['distinct_2_ratio']:.2f}×"
-    print(f"score gain {report['score_gain']:+.3f}, KL {report['kl']:.2f} nats, distinct-2 {ratio} the reference's "
-          f"(written to {Path(args.run) / EVAL_FILE})")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "eval", help="judge a trained run's policy against its reference on fresh samples",
-        description="Sample fresh episodes from DIR/policy and from the reference on the run's env, and report "
-                    "the task score, the sequence KL to the reference and distinct-2 of each; writes DIR/eval.json.",
-    )
-    parser.add_argument("--run", required=True, metavar="DIR", help="a run directory written by tokengym train")
-    parser.add_argument("--episodes", type=int, default=256, metavar="N", help="episodes per model (default: 256)")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="episodes sampled at once (default: 64)")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED, metavar="N", help=f"seed of prompts and samples (default: {EVAL_SEED})")
-    parser.add_argument("--device", default=None, help="torch device (default: the run's)")
-    parser.set_defaults(func=_main)

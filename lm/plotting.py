@@ -1,6 +1,6 @@
 """The one matplotlib setup: a headless backend, and figures saved atomically.
 
-Every plot in tokengym (``benchmarks/plots.py``, ``agents/train.py``) gets pyplot from
+Every plot in tokengym (``benchmarks/plots.py``, ``tokengym/train.py``) gets pyplot from
 :func:`pyplot` and writes through :func:`save_figure`, so a crash mid-save never leaves a truncated
 PNG where a previous one was.
 """

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import torch
 
 __all__ = [
-    "EpisodeStart", "StepBatch", "Reward", "RewardOutput", "as_components", "check_scores", "reference_request",
+    "EpisodeStart", "StepBatch", "Reward", "RewardOutput", "as_components", "check_scores", "reference_request", "walk",
 ]
 
 
@@ -144,25 +144,36 @@ class Reward(Protocol):
         """This step's rewards, (B,) float on the env's device, or a dict of named components."""
 
 
+def walk(reward: Any) -> list[Any]:
+    """Every reward object in ``reward``'s tree: itself, then, depth first, what its
+    ``children()`` returns (composites such as ``WeightedSum``, ``KLShaped`` and ``SideScores``
+    have them), each object once. Code that needs something from every reward (its reference
+    model, its state to checkpoint) walks the tree this way rather than reading wrappers' fields."""
+    found, seen, stack = [], set(), [reward]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        found.append(node)
+        children = node.children() if callable(getattr(node, "children", None)) else ()
+        stack.extend(reversed(list(children)))
+    return found
+
+
 def reference_request(reward: Any) -> tuple[bool, Any]:
     """``(needed, ref_model)``: whether ``reward`` needs per-token ``log π_ref`` from the env, and
     the π_ref it names (``None``: the env's default, the policy's starting weights).
 
     A reward declares the need with ``needs_reference = True`` and may name a model in
-    ``ref_model``; a composite reward (one with ``children()``) needs it if any child does, and
-    its children must not name different models.
+    ``ref_model``; a composite reward (one with ``children()``) needs it if any reward in its
+    tree (:func:`walk`) does, and they must not name different models.
     """
-    children = reward.children() if hasattr(reward, "children") else ()
-    needed = bool(getattr(reward, "needs_reference", False))
-    named = [getattr(reward, "ref_model", None)] if needed else []
-    for child in children:
-        child_needed, child_model = reference_request(child)
-        needed |= child_needed
-        named.append(child_model)
-    named = [m for m in named if m is not None]
+    needing = [r for r in walk(reward) if getattr(r, "needs_reference", False)]
+    named = [r.ref_model for r in needing if getattr(r, "ref_model", None) is not None]
     if any(m is not named[0] and m != named[0] for m in named[1:]):
         raise ValueError(f"the reward's components name different reference models {named}; a run has one π_ref")
-    return needed, (named[0] if named else None)
+    return bool(needing), (named[0] if named else None)
 
 
 def as_components(output: RewardOutput, name: str = "reward") -> dict[str, torch.Tensor]:

@@ -112,6 +112,21 @@ class KLShaped:
     def beta(self) -> float:
         return self.controller.value if self.controller is not None else self._beta
 
+    def children(self) -> list[Any]:
+        """The wrapped reward (see :func:`~tokengym.rewards.base.walk`)."""
+        return [self.inner]
+
+    def state_dict(self) -> dict[str, float]:
+        """What a checkpoint must hold to resume: the adaptive β (nothing for a fixed β)."""
+        return {"beta": float(self.controller.value)} if self.controller is not None else {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if set(state) != ({"beta"} if self.controller is not None else set()):
+            raise ValueError(f"KLShaped state {state} does not fit this reward (adaptive β: {self.controller is not None})")
+        if self.controller is not None:
+            self.controller.value = float(state["beta"])
+
     def reset(self, episodes: EpisodeStart) -> None:
         self.inner.reset(episodes)
         device = episodes.prompt_ids.device

@@ -24,10 +24,10 @@ import torch
 
 from tokengym.lm.io import atomic_write_dir, read_jsonl
 from tokengym.rewards.classifier import encode_texts, model_max_length, prepare_pad_token
-from tokengym.rewards.scorers import VaderSentiment, score_texts
-from tokengym.rewards.utilities import UTILITY_NAMES, make_utility, preference_loss
+from tokengym.rewards.scorers import score_texts
+from tokengym.rewards.utilities import make_utility, preference_loss
 
-__all__ = ["train_reward_model", "load_pairs_jsonl", "synthetic_pairs", "sentiment_sentence", "add_cli"]
+__all__ = ["train_reward_model", "load_pairs_jsonl", "synthetic_pairs", "sentiment_sentence"]
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -223,46 +223,3 @@ def train_reward_model(
         metrics["out_dir"] = str(out_dir)
     metrics["model"] = model
     return metrics
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: tokengym rm train
-# ---------------------------------------------------------------------------------------------
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register ``rm train`` on an ``argparse`` sub-parsers object (sets ``func``)."""
-    rm = subparsers.add_parser("rm", help="reward models")
-    rm_sub = rm.add_subparsers(dest="rm_command", required=True)
-    train = rm_sub.add_parser("train", help="train a reward model on preference pairs")
-    source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pairs", metavar="FILE.jsonl", help="preference pairs: prompt/chosen/rejected per line")
-    source.add_argument("--synthetic", metavar="N", type=int,
-                        help="N synthetic pairs: template sentences ranked by VADER sentiment")
-    train.add_argument("--base", default="embedded", help="causal LM to start from (default: embedded)")
-    train.add_argument("--out", required=True, metavar="DIR", help="where to save the reward model")
-    train.add_argument("--utility", default="log-sigmoid", help=f"one of {', '.join(UTILITY_NAMES)}")
-    train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--lr", type=float, default=5e-5)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--margin", type=float, default=0.0)
-    train.add_argument("--center-coef", type=float, default=0.0)
-    train.add_argument("--val-fraction", type=float, default=0.1)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="cpu")
-    train.set_defaults(func=_cli_train)
-
-
-def _cli_train(args: Any) -> int:
-    if args.pairs:
-        pairs = load_pairs_jsonl(args.pairs)
-    else:
-        pairs = synthetic_pairs(sentiment_sentence, VaderSentiment(), args.synthetic, min_gap=0.5, seed=args.seed)
-    metrics = train_reward_model(
-        pairs, args.base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, utility=args.utility,
-        margin=args.margin, center_coef=args.center_coef, val_fraction=args.val_fraction, seed=args.seed,
-        out_dir=args.out, device=args.device,
-    )
-    metrics.pop("model")
-    print(json.dumps(metrics, indent=2))
-    return 0

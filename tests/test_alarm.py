@@ -1,7 +1,7 @@
 """The over-optimisation alarm warns once per quantity, naming the iteration and the value."""
 import pytest
 
-from tokengym.agents.alarm import OveroptimizationAlarm, OveroptimizationWarning
+from tokengym.alarm import OveroptimizationAlarm, OveroptimizationWarning
 
 
 def test_warns_once_per_quantity_with_iteration_and_value():

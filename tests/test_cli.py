@@ -57,7 +57,7 @@ def test_curve_plots_each_reward_component_and_kl(tmp_path):
 
 
 def test_grpo_with_a_kl_shaped_reward_penalises_the_kl_once(tmp_path):
-    from tokengym.agents.settings import resolve_settings, validate
+    from tokengym.settings import resolve_settings, validate
 
     def plan(*flags):
         given = dict(zip(flags[::2], flags[1::2]))
@@ -71,7 +71,7 @@ def test_grpo_with_a_kl_shaped_reward_penalises_the_kl_once(tmp_path):
 
 
 def test_reinforce_groups_only_with_the_leave_one_out_baseline(tmp_path):
-    from tokengym.agents.settings import resolve_settings, validate
+    from tokengym.settings import resolve_settings, validate
 
     def config(*flags, **given):
         s, run_dir, resuming = resolve_settings({"agent": "reinforce", "set": list(flags), **given}, None, str(tmp_path / "run"))

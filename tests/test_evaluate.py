@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tokengym  # noqa: F401  (registers the envs)
-from tokengym.benchmarks.evaluate import EVAL_FILE, distinct_n, evaluate
+from tokengym.benchmarks.evaluate import distinct_n, evaluate
+from tokengym.evaluate import EVAL_FILE
 from tokengym.cli import main
 from tokengym.envs import calibration
 

@@ -13,7 +13,7 @@ from peft import AutoPeftModelForCausalLM
 import tokengym  # noqa: F401  (registers the envs)
 from tiny_models import LengthScore, build_tiny, save_tiny
 from tokengym.agents import REINFORCE, REINFORCEConfig, Policy
-from tokengym.agents.export import export_merged
+from tokengym.export import export_merged
 from tokengym.lm.lora import LoRAConfig, default_target_modules
 from tokengym.lm.reference import Reference
 from tokengym.rewards import Holistic

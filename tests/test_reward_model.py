@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tokengym import reward_model as rm_command
 from tokengym.rewards import reward_model as rm
 from tokengym.rewards.reward_model import load_pairs_jsonl, sentiment_sentence, synthetic_pairs, train_reward_model
 from tokengym.rewards.classifier import SequenceClassifierScorer
@@ -187,7 +188,7 @@ def test_retraining_replaces_the_output_dir_and_bad_arguments_raise(base_dir, tm
 
 def test_cli_rm_train(base_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="tokengym")
-    rm.add_cli(parser.add_subparsers(dest="command"))
+    rm_command.add_cli(parser.add_subparsers(dest="command"))
     out = tmp_path / "cli_rm"
     args = parser.parse_args(["rm", "train", "--synthetic", "40", "--base", str(base_dir), "--out", str(out),
                               "--epochs", "1", "--lr", "1e-3", "--utility", "log-sigmoid"])
@@ -196,6 +197,6 @@ def test_cli_rm_train(base_dir, tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"prompt": "", "chosen": "good", "rejected": "bad"}\n' * 4)
     args = parser.parse_args(["rm", "train", "--pairs", str(pairs), "--base", str(base_dir), "--out", str(out)])
-    assert args.pairs == str(pairs) and args.func is rm._cli_train
+    assert args.pairs == str(pairs) and args.func is rm_command._cli_train
     with pytest.raises(SystemExit):
         parser.parse_args(["rm", "train", "--pairs", str(pairs), "--synthetic", "3", "--out", str(out)])

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tokengym.agents.train import TIMING_FIELDS
+from tokengym.train import TIMING_FIELDS
 from tokengym.cli import main
 
 AGENTS = ["reinforce", "a2c", "ppo", "grpo"]

@@ -11,7 +11,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-from tokengym.agents.base import check_range
+from tokengym.lm.config import check_range
 
 __all__ = ["OveroptimizationAlarm", "OveroptimizationWarning"]
 

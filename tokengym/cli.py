@@ -21,12 +21,11 @@ DESCRIPTION = (
 
 # Modules that register their subcommands with `add_cli(subparsers)`.
 _SUBCOMMAND_MODULES = [
-    "tokengym.benchmarks.pretrain",
-    "tokengym.rewards.reward_model",
-    "tokengym.agents.train",
-    "tokengym.agents.export",
-    "tokengym.benchmarks.cli",
-    "tokengym.benchmarks.evaluate",
+    "tokengym.reward_model",
+    "tokengym.train",
+    "tokengym.export",
+    "tokengym.bench",
+    "tokengym.evaluate",
 ]
 
 _INVALID = re.compile(r"argument (?P<flag>[^:]+): invalid (?P<kind>\w+) value: (?P<value>.*)")

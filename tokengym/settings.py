@@ -1,4 +1,4 @@
-"""The settings of ``tokengym train``: phases 1 and 2 of the command (see ``agents/train.py``).
+"""The settings of ``tokengym train``: phases 1 and 2 of the command (see ``tokengym/train.py``).
 
 1. :func:`resolve_settings`: the flags given (or, with ``--resume DIR``, ``DIR/run.json``) become
    one dict of settings; a flag that conflicts with a resumed run is an error.
@@ -6,7 +6,7 @@
    :class:`~tokengym.lm.errors.UsageError` naming the flag, the value and what was expected, and
    becomes a :class:`Plan` (the agent class, its config, the env's and the policy's keywords).
 
-To add a flag: add it to :data:`DEFAULTS` here and to ``add_cli`` in ``agents/train.py``, and
+To add a flag: add it to :data:`DEFAULTS` here and to ``add_cli`` in ``tokengym/train.py``, and
 check it in :func:`validate`.
 """
 from __future__ import annotations

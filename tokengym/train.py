@@ -3,7 +3,7 @@ checkpoints and bit-identical resume.
 
 The command runs in three phases, so that a bad flag never costs a model load or leaves files:
 
-1. ``resolve_settings`` and 2. ``validate`` (``agents/settings.py``): the flags become one dict of
+1. ``resolve_settings`` and 2. ``validate`` (``tokengym/settings.py``): the flags become one dict of
    settings, checked without loading a model; each problem is a one-line
    :class:`~tokengym.lm.errors.UsageError`.
 3. :func:`run`: build the env and agent, then (only then) write ``run.json``, ``metrics.jsonl``
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tokengym.agents.settings import (
+from tokengym.settings import (
     AGENT_NAMES, DEFAULTS, DTYPES, METRICS_FILE, RUN_FILE, TIMING_FIELDS, Plan, resolve_settings, validate,
 )
 from tokengym.lm.errors import UsageError, bad_value
@@ -110,7 +110,7 @@ def _run(settings: dict, plan: Plan, run_dir: Path, resuming: bool, progress: bo
 
     import tokengym.envs  # noqa: F401  (registers the envs)
     from tokengym.agents import checkpoint
-    from tokengym.agents.alarm import OveroptimizationAlarm
+    from tokengym.alarm import OveroptimizationAlarm
     from tokengym.lm.distributed import all_ranks, world
 
     s = settings
