@@ -8,7 +8,6 @@ the same as in PPO and REINFORCE.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -16,33 +15,25 @@ import torch
 from tokengym.agents.advantages import explained_variance, gae, masked_mean, n_step_returns, sequence_sum_mean
 from tokengym.agents.base import Agent, AgentConfig
 from tokengym.agents.rollout import Rollout
-from tokengym.lm.config import check_range
+from tokengym.lm.config import bounded
 
 __all__ = ["A2C", "A2CConfig"]
 
 
 @dataclass
 class A2CConfig(AgentConfig):
-    """A2C's settings; each field is validated in ``__post_init__``."""
+    """A2C's settings; each field's range is checked on construction."""
 
-    lr: float = 3e-4
-    """Adam learning rate, > 0 (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
-    gae_lambda: float = 0.95
-    """GAE λ in [0, 1]; ignored when ``n_steps`` is set."""
-    n_steps: int | None = None
-    """Use n-step returns ``Σ_{k<n} γ^k r_{t+k} + γ^n V(s_{t+n})`` instead of GAE (n ≥ 1)."""
-    value_coef: float = 0.5
-    """Weight of the value MSE, ≥ 0."""
-    entropy_coef: float = 0.0
-    """Entropy bonus weight, ≥ 0."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_range("gae_lambda", self.gae_lambda, 0, 1)
-        if self.n_steps is not None:
-            check_range("n_steps", self.n_steps, 1, math.inf, integer=True, high_open=True)
-        check_range("value_coef", self.value_coef, 0, math.inf, high_open=True)
-        check_range("entropy_coef", self.entropy_coef, 0, math.inf, high_open=True)
+    lr: float = bounded(3e-4, above=0)
+    """Adam learning rate (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
+    gae_lambda: float = bounded(0.95, at_least=0, at_most=1)
+    """GAE λ; ignored when n_steps is set."""
+    n_steps: int | None = bounded(None, at_least=1, integer=True)
+    """Use n-step returns Σ_{k<n} γ^k r_{t+k} + γ^n V(s_{t+n}) instead of GAE (default: GAE)."""
+    value_coef: float = bounded(0.5, at_least=0)
+    """Weight of the value MSE."""
+    entropy_coef: float = bounded(0.0, at_least=0)
+    """Entropy bonus weight."""
 
 
 class A2C(Agent):
@@ -54,21 +45,22 @@ class A2C(Agent):
     needs_values = True
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        config, mask = self.config, rollout.mask
-        if config.n_steps is None:
-            advantages, returns = gae(rollout.rewards, rollout.values, mask, config.gamma, config.gae_lambda)
+        c, b_mask = self.config, rollout.mask
+        if c.n_steps is None:
+            b_advantages, b_returns = gae(rollout.rewards, rollout.values, b_mask, c.gamma, c.gae_lambda)
         else:
-            returns = n_step_returns(rollout.rewards, rollout.values, mask, config.gamma, config.n_steps)
-            advantages = returns - rollout.values  # (B, T)
+            b_returns = n_step_returns(rollout.rewards, rollout.values, b_mask, c.gamma, c.n_steps)
+            b_advantages = b_returns - rollout.values  # (B, T)
+        stats = self.batch_step(lambda rows: self.loss(rollout, b_advantages, b_returns, rows))
+        return {**stats, "explained_variance": float(explained_variance(rollout.values, b_returns, b_mask))}
 
-        def loss_of(rows):  # the mean over `rows` of each episode's terms (chunks accumulate)
-            scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
-            pg_loss = -sequence_sum_mean(scored.logprobs * advantages[rows], mask[rows])
-            value_loss = 0.5 * sequence_sum_mean((scored.values - returns[rows]) ** 2, mask[rows])
-            entropy = sequence_sum_mean(scored.entropy, mask[rows])
-            loss = pg_loss + config.value_coef * value_loss - config.entropy_coef * entropy
-            return loss, {"pg_loss": pg_loss, "value_loss": value_loss,
-                          "entropy": masked_mean(scored.entropy.detach(), mask[rows])}  # logged per token
-
-        stats = self.minibatch_step(torch.arange(mask.shape[0], device=mask.device), loss_of)
-        return {**stats, "explained_variance": float(explained_variance(rollout.values, returns, mask))}
+    def loss(self, rollout: Rollout, b_advantages, b_returns, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Policy loss, value MSE and entropy bonus: the mean over episodes ``rows`` of each one's terms."""
+        c, mask = self.config, rollout.mask[rows]
+        scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
+        pg_loss = -sequence_sum_mean(scored.logprobs * b_advantages[rows], mask)
+        value_loss = 0.5 * sequence_sum_mean((scored.values - b_returns[rows]) ** 2, mask)
+        entropy = sequence_sum_mean(scored.entropy, mask)
+        loss = pg_loss + c.value_coef * value_loss - c.entropy_coef * entropy
+        return loss, {"loss": loss, "pg_loss": pg_loss, "value_loss": value_loss,
+                      "entropy": masked_mean(scored.entropy.detach(), mask)}  # logged per token

@@ -24,44 +24,44 @@ from tokengym.agents.policy import Policy
 from tokengym.agents.rollout import Rollout, driveable_env, play_episodes
 from tokengym.envs.token_env import TokenVectorEnv
 from tokengym.lm import distributed
-from tokengym.lm.config import check_range
+from tokengym.lm.config import bounded, check_fields, check_range
 from tokengym.lm.reference import Reference
 
 __all__ = ["AgentConfig", "Agent", "NonFiniteUpdateError"]
 
 @dataclass
 class AgentConfig:
-    """Fields every agent has. Agent configs subclass this and validate in ``__post_init__``."""
+    """Fields every agent has. An agent's config subclasses this; each field declares its range
+    (:func:`~tokengym.lm.config.bounded`), checked on construction, and its docstring is the
+    command line's help."""
 
-    lr: float = 1e-4
-    """Adam learning rate, > 0."""
-    gamma: float = 1.0
-    """Discount γ in [0, 1]; RLHF usually uses 1."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip, > 0."""
-    group_size: int = 1
+    lr: float = bounded(1e-4, above=0)
+    """Adam learning rate."""
+    gamma: float = bounded(1.0, at_least=0, at_most=1)
+    """Discount γ; RLHF usually uses 1."""
+    max_grad_norm: float = bounded(1.0, above=0)
+    """Gradient-norm clip."""
+    group_size: int = bounded(1, at_least=1, integer=True)
     """Samples per prompt: the env repeats each prompt this many times in consecutive rows."""
-    seed: int = 0
+    seed: int = bounded(0, at_least=0, integer=True)
     """Seeds the env's prompt draws, the sampler and torch."""
-    check_done_every: int = 1
+    check_done_every: int = bounded(1, at_least=1, integer=True)
     """Read 'all rows done' on the host every this many steps to stop a rollout early (1 on CPU
     costs nothing; raise it on CUDA to avoid per-token synchronisation)."""
-    minibatch_size: int | None = None
+    minibatch_size: int | None = bounded(None, at_least=1, integer=True)
     """Episodes per forward/backward in an update, their gradients accumulated into one step: bounds
-    the update's memory whatever the rollout batch (None: all of a step's episodes at once)."""
-    max_skipped_updates: int = 3
+    the update's memory whatever the rollout batch (default: all of a step's episodes at once)."""
+    max_skipped_updates: int = bounded(3, at_least=1, integer=True)
     """Stop with a diagnostic after this many consecutive iterations whose update was skipped
-    for a non-finite reward, loss or gradient (≥ 1)."""
+    for a non-finite reward, loss or gradient."""
 
     def __post_init__(self):
-        check_range("lr", self.lr, 0, math.inf, low_open=True, high_open=True)
-        check_range("gamma", self.gamma, 0, 1)
-        check_range("max_grad_norm", self.max_grad_norm, 0, math.inf, low_open=True, high_open=True)
-        check_range("group_size", self.group_size, 1, math.inf, integer=True, high_open=True)
-        check_range("check_done_every", self.check_done_every, 1, math.inf, integer=True, high_open=True)
-        check_range("max_skipped_updates", self.max_skipped_updates, 1, math.inf, integer=True, high_open=True)
-        if self.minibatch_size is not None:
-            check_range("minibatch_size", self.minibatch_size, 1, math.inf, integer=True, high_open=True)
+        check_fields(self)
+
+    @property
+    def uses_groups(self) -> bool:
+        """Does the agent compare the samples of a prompt (so ``group_size`` matters)?"""
+        return False
 
 
 class NonFiniteUpdateError(RuntimeError):
@@ -193,6 +193,29 @@ class Agent(abc.ABC):
         for minibatch in order.chunk(n):
             mine = minibatch[(minibatch >= rank * B) & (minibatch < (rank + 1) * B)] - rank * B
             yield mine.to(self.env.device), len(minibatch)
+
+    def epochs(
+        self,
+        n_epochs: int,
+        n_minibatches: int,
+        loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        stop: Callable[[dict[str, float]], bool] | None = None,
+    ) -> dict[str, float]:
+        """``n_epochs`` passes over the batch, each in ``n_minibatches`` shuffled minibatches with
+        one :meth:`minibatch_step` each (PPO's and GRPO's update); returns each logged quantity's
+        mean over the steps, and ``epochs``, the passes made. ``stop(stats)``, given the last step's
+        stats after each pass, ends the passes early (PPO's target KL)."""
+        steps: list[dict[str, float]] = []
+        for epoch in range(1, n_epochs + 1):
+            for rows, size in self.minibatches(n_minibatches):
+                steps.append(self.minibatch_step(rows, loss_of, size))
+            if stop is not None and stop(steps[-1]):
+                break
+        return {**{key: sum(step[key] for step in steps) / len(steps) for key in steps[0]}, "epochs": epoch}
+
+    def batch_step(self, loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> dict[str, float]:
+        """One :meth:`minibatch_step` on the whole batch (REINFORCE's and A2C's update)."""
+        return self.minibatch_step(torch.arange(self.env.num_envs, device=self.env.device), loss_of)
 
     def _backward(self, loss: torch.Tensor) -> bool:
         """``loss.backward()`` unless it is non-finite (then skipped, with a warning)."""

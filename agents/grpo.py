@@ -23,7 +23,6 @@ checks each identity exactly by enumeration on Calibration-v0).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -31,59 +30,55 @@ import torch
 from tokengym.agents.advantages import approx_kl_and_clipfrac, group_advantages, masked_mean
 from tokengym.agents.base import Agent, AgentConfig
 from tokengym.agents.rollout import Rollout
-from tokengym.lm.config import check_range
-from tokengym.lm.kl import check_estimator, kl_estimate
+from tokengym.lm.config import bounded, one_of
+from tokengym.lm.kl import ESTIMATORS, kl_estimate
 
 __all__ = ["GRPO", "GRPOConfig", "grpo_loss"]
 
 
 @dataclass
 class GRPOConfig(AgentConfig):
-    """GRPO's settings; each field is validated in ``__post_init__``."""
+    """GRPO's settings; each field's range is checked on construction."""
 
-    lr: float = 2.5e-4
-    """Adam learning rate, > 0 (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
-    group_size: int = 4
-    """G, samples per prompt (≥ 2; must divide the batch)."""
-    beta: float = 0.04
-    """KL coefficient β of D_KL(π_θ‖π_ref) in the loss, ≥ 0."""
-    kl_estimator: str = "k3"
-    """Per-token KL estimator in the loss: 'k3' (default; gradient of KL(π_ref‖π_θ) per state),
-    'k2' (gradient of KL(π_θ‖π_ref) per state) or 'k1' (zero expected gradient)."""
-    clip_eps: float = 0.2
-    """Ratio clip ε, > 0."""
-    n_epochs: int = 1
-    """Passes over each batch (1 = on-policy, ratio ≡ 1 at the first step), ≥ 1."""
-    n_minibatches: int = 1
-    """Minibatches per epoch, ≥ 1 and ≤ the batch size."""
-    adv_eps: float = 1e-4
-    """ε in (r − mean)/(std + ε): keeps groups of equal rewards at advantage 0, > 0."""
+    lr: float = bounded(2.5e-4, above=0)
+    """Adam learning rate (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
+    group_size: int = bounded(4, at_least=2, integer=True)
+    """G, samples per prompt (must divide the batch)."""
+    beta: float = bounded(0.04, at_least=0)
+    """KL coefficient β of D_KL(π_θ‖π_ref) in the loss."""
+    kl_estimator: str = one_of("k3", ESTIMATORS)
+    """Per-token KL estimator in the loss: 'k3' (gradient of KL(π_ref‖π_θ) per state), 'k2'
+    (gradient of KL(π_θ‖π_ref) per state) or 'k1' (zero expected gradient)."""
+    clip_eps: float = bounded(0.2, above=0)
+    """Ratio clip ε."""
+    n_epochs: int = bounded(1, at_least=1, integer=True)
+    """Passes over each batch (1 = on-policy, ratio ≡ 1 at the first step)."""
+    n_minibatches: int = bounded(1, at_least=1, integer=True)
+    """Minibatches per epoch (at most the batch size)."""
+    adv_eps: float = bounded(1e-4, above=0)
+    """ε in (r − mean)/(std + ε): keeps groups of equal rewards at advantage 0."""
     scale_rewards: bool = True
-    """Divide by the group std (GRPO); False keeps r − mean (Dr. GRPO)."""
+    """Divide by the group std (GRPO); off keeps r − mean (Dr. GRPO)."""
     length_normalization: bool = True
-    """Average each sequence over its own length |o_i| (GRPO); False divides by max_new_tokens (Dr. GRPO)."""
+    """Average each sequence over its own length |o_i| (GRPO); off divides by max_new_tokens (Dr. GRPO)."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        check_range("group_size", self.group_size, 2, math.inf, integer=True, high_open=True)
-        check_range("beta", self.beta, 0, math.inf, high_open=True)
-        check_estimator(self.kl_estimator, in_reward=False, field="kl_estimator")
-        check_range("clip_eps", self.clip_eps, 0, math.inf, low_open=True, high_open=True)
-        check_range("n_epochs", self.n_epochs, 1, math.inf, integer=True, high_open=True)
-        check_range("n_minibatches", self.n_minibatches, 1, math.inf, integer=True, high_open=True)
-        check_range("adv_eps", self.adv_eps, 0, math.inf, low_open=True, high_open=True)
+    @property
+    def uses_groups(self) -> bool:
+        return True
 
 
 def grpo_loss(
     logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps, beta, kl_estimator, length_normalization
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``−J(θ)`` and the per-token KL: (B, T) token terms, (B,) advantages broadcast over tokens."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(−J(θ), its clipped-surrogate part (detached, for the log), the (B, T) per-token KL)`` from
+    (B, T) token terms and (B,) advantages broadcast over tokens."""
     ratio = (logprobs - old_logprobs).exp()  # (B, T)
     surrogate = torch.minimum(ratio * advantages[:, None], ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages[:, None])
     kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)  # (B, T)
     per_token = torch.where(mask, surrogate - beta * kl, 0.0)  # (B, T)
     lengths = mask.sum(-1).clamp(min=1) if length_normalization else mask.shape[1]
-    return -(per_token.sum(-1) / lengths).mean(), kl
+    pg_loss = -(torch.where(mask, surrogate.detach(), 0.0).sum(-1) / lengths).mean()
+    return -(per_token.sum(-1) / lengths).mean(), pg_loss, kl
 
 
 class GRPO(Agent):
@@ -100,22 +95,16 @@ class GRPO(Agent):
     def update(self, rollout: Rollout) -> dict[str, float]:
         c = self.config
         b_advantages = group_advantages(rollout.scores, c.group_size, c.adv_eps, c.scale_rewards)  # (B,)
-        stats: dict[str, list[float]] = {k: [] for k in ("loss", "kl", "entropy", "approx_kl", "clipfrac")}
-        for _ in range(c.n_epochs):
-            for mb, size in self.minibatches(c.n_minibatches):  # one optimizer step each (micro-batched by minibatch_size)
-                mb_stats = self.minibatch_step(mb, lambda rows: self.loss(rollout, b_advantages, rows), size)
-                for key in stats:
-                    stats[key].append(mb_stats[key])
-        return {key: sum(v) / len(v) for key, v in stats.items()}
+        return self.epochs(c.n_epochs, c.n_minibatches, lambda rows: self.loss(rollout, b_advantages, rows))
 
     def loss(self, rollout: Rollout, b_advantages, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``−J(θ)`` over episodes ``rows`` (a mean over them) and its diagnostics."""
         c, mask = self.config, rollout.mask[rows]
         scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
-        loss, kl = grpo_loss(
+        loss, pg_loss, kl = grpo_loss(
             scored.logprobs, rollout.logprobs[rows], rollout.ref_logprobs[rows], b_advantages[rows], mask,
             clip_eps=c.clip_eps, beta=c.beta, kl_estimator=c.kl_estimator, length_normalization=c.length_normalization,
         )
         approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[rows], mask, c.clip_eps)
-        return loss, {"loss": loss, "kl": masked_mean(kl, mask), "entropy": masked_mean(scored.entropy, mask),
+        return loss, {"loss": loss, "pg_loss": pg_loss, "kl": masked_mean(kl, mask), "entropy": masked_mean(scored.entropy, mask),
                       "approx_kl": approx_kl, "clipfrac": clipfrac}

@@ -10,7 +10,6 @@ REINFORCE.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -20,50 +19,37 @@ from tokengym.agents.advantages import (
 )
 from tokengym.agents.base import Agent, AgentConfig
 from tokengym.agents.rollout import Rollout
-from tokengym.lm.config import check_range
+from tokengym.lm.config import bounded
 
 __all__ = ["PPO", "PPOConfig", "ppo_clip_loss"]
 
 
 @dataclass
 class PPOConfig(AgentConfig):
-    """PPO's settings; each field is validated in ``__post_init__``."""
+    """PPO's settings; each field's range is checked on construction."""
 
-    lr: float = 3e-4
-    """Adam learning rate, > 0 (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
-    clip_eps: float = 0.2
-    """Ratio clip ε, > 0."""
-    gae_lambda: float = 0.95
-    """GAE λ in [0, 1]."""
-    n_epochs: int = 1
-    """Passes over each batch, ≥ 1. One by default: at the language envs' scale, 4 epochs × 4
+    lr: float = bounded(3e-4, above=0)
+    """Adam learning rate (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
+    clip_eps: float = bounded(0.2, above=0)
+    """Ratio clip ε."""
+    gae_lambda: float = bounded(0.95, at_least=0, at_most=1)
+    """GAE λ."""
+    n_epochs: int = bounded(1, at_least=1, integer=True)
+    """Passes over each batch. One by default: at the language envs' scale, 4 epochs × 4
     minibatches over-step (Sentiment-v0: KL 19 nats and no gain at lr 3e-4; Calibration-v0:
     levelling off), so the default is one on-policy step per batch (BENCHMARKS.md)."""
-    n_minibatches: int = 1
-    """Minibatches per epoch (rows are split evenly), ≥ 1 and ≤ the batch size."""
-    value_coef: float = 0.5
-    """Weight of the value loss, ≥ 0."""
-    value_clip: float | None = 0.2
-    """Clip of the value change around the rollout values (None: unclipped), > 0."""
-    entropy_coef: float = 0.0
-    """Entropy bonus weight, ≥ 0."""
+    n_minibatches: int = bounded(1, at_least=1, integer=True)
+    """Minibatches per epoch (rows are split evenly; at most the batch size)."""
+    value_coef: float = bounded(0.5, at_least=0)
+    """Weight of the value loss."""
+    value_clip: float | None = bounded(0.2, above=0)
+    """Clip of the value change around the rollout values (none: unclipped)."""
+    entropy_coef: float = bounded(0.0, at_least=0)
+    """Entropy bonus weight."""
     whiten_advantages: bool = True
     """Normalise advantages to zero mean and unit variance over the batch's valid tokens."""
-    target_kl: float | None = 0.1
-    """Stop the epochs once approx KL(π_old‖π_θ) exceeds 1.5× this (None: never), > 0."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_range("clip_eps", self.clip_eps, 0, math.inf, low_open=True, high_open=True)
-        check_range("gae_lambda", self.gae_lambda, 0, 1)
-        check_range("n_epochs", self.n_epochs, 1, math.inf, integer=True, high_open=True)
-        check_range("n_minibatches", self.n_minibatches, 1, math.inf, integer=True, high_open=True)
-        check_range("value_coef", self.value_coef, 0, math.inf, high_open=True)
-        check_range("entropy_coef", self.entropy_coef, 0, math.inf, high_open=True)
-        if self.value_clip is not None:
-            check_range("value_clip", self.value_clip, 0, math.inf, low_open=True, high_open=True)
-        if self.target_kl is not None:
-            check_range("target_kl", self.target_kl, 0, math.inf, low_open=True, high_open=True)
+    target_kl: float | None = bounded(0.1, above=0)
+    """Stop the epochs once approx KL(π_old‖π_θ) exceeds 1.5× this (none: never)."""
 
 
 def ppo_clip_loss(
@@ -96,18 +82,11 @@ class PPO(Agent):
         b_advantages, b_returns = gae(rollout.rewards, rollout.values, b_mask, c.gamma, c.gae_lambda)
         if c.whiten_advantages:
             b_advantages = masked_whiten(b_advantages, b_mask)
-        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
-        for epoch in range(c.n_epochs):
-            for mb, size in self.minibatches(c.n_minibatches):  # one optimizer step each (micro-batched by minibatch_size)
-                mb_stats = self.minibatch_step(mb, lambda rows: self.loss(rollout, b_advantages, b_returns, rows), size)
-                for key in stats:
-                    stats[key].append(mb_stats[key])
-            if c.target_kl is not None and stats["approx_kl"][-1] > 1.5 * c.target_kl:
-                break  # early stop (cleanrl uses the same test per minibatch; we check per epoch)
-        summary = {key: sum(v) / len(v) for key, v in stats.items()}
-        summary["epochs"] = epoch + 1
-        summary["explained_variance"] = float(explained_variance(rollout.values, b_returns, b_mask))
-        return summary
+        # early stop once the policy moved too far (cleanrl tests per minibatch; we test per epoch)
+        too_far = None if c.target_kl is None else lambda last: last["approx_kl"] > 1.5 * c.target_kl
+        stats = self.epochs(c.n_epochs, c.n_minibatches, lambda rows: self.loss(rollout, b_advantages, b_returns, rows),
+                            stop=too_far)
+        return {**stats, "explained_variance": float(explained_variance(rollout.values, b_returns, b_mask))}
 
     def loss(self, rollout: Rollout, b_advantages, b_returns, rows) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The clipped objective, value loss and entropy bonus: the mean over episodes ``rows``."""
@@ -123,5 +102,5 @@ class PPO(Agent):
         entropy = sequence_sum_mean(scored.entropy, mask)
         approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[rows], mask, c.clip_eps)
         loss = pg_loss + c.value_coef * value_loss - c.entropy_coef * entropy
-        return loss, {"pg_loss": pg_loss, "value_loss": value_loss, "approx_kl": approx_kl, "clipfrac": clipfrac,
+        return loss, {"loss": loss, "pg_loss": pg_loss, "value_loss": value_loss, "approx_kl": approx_kl, "clipfrac": clipfrac,
                       "entropy": masked_mean(scored.entropy.detach(), mask)}  # logged per token

@@ -14,7 +14,7 @@ from tokengym.agents.advantages import (
 )
 from tokengym.agents.base import Agent, AgentConfig
 from tokengym.agents.rollout import Rollout
-from tokengym.lm.config import check_range
+from tokengym.lm.config import ConfigError, bounded, one_of
 
 __all__ = ["REINFORCE", "REINFORCEConfig"]
 
@@ -23,28 +23,30 @@ BASELINES = ("none", "moving-average", "leave-one-out")
 
 @dataclass
 class REINFORCEConfig(AgentConfig):
-    lr: float = 2.5e-4
-    """Adam learning rate, > 0 (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
-    group_size: int | None = None
-    """Samples per prompt, compared by the leave-one-out baseline (≥ 2 for it; must divide the batch).
-    None: 4 with the leave-one-out baseline, 1 (distinct prompts) with another, which has no use for groups."""
-    baseline: str = "leave-one-out"
+    """REINFORCE's settings; each field's range is checked on construction."""
+
+    lr: float = bounded(2.5e-4, above=0)
+    """Adam learning rate (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
+    group_size: int | None = bounded(None, at_least=1, integer=True)
+    """Samples per prompt, compared by the leave-one-out baseline (≥ 2 for it; must divide the batch)
+    (default: 4 with the leave-one-out baseline, 1 (distinct prompts) with another)."""
+    baseline: str = one_of("leave-one-out", BASELINES)
     """'leave-one-out' (RLOO per step; needs group_size ≥ 2), 'moving-average' (EMA of past returns) or 'none'."""
-    baseline_momentum: float = 0.9
-    """EMA weight of the old value for the moving-average baseline, in [0, 1)."""
-    entropy_coef: float = 0.0
-    """Entropy bonus weight, ≥ 0."""
+    baseline_momentum: float = bounded(0.9, at_least=0, below=1)
+    """EMA weight of the old value for the moving-average baseline."""
+    entropy_coef: float = bounded(0.0, at_least=0)
+    """Entropy bonus weight."""
 
     def __post_init__(self):
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-        if self.group_size is None:
+        if self.group_size is None and self.baseline in BASELINES:
             self.group_size = 4 if self.baseline == "leave-one-out" else 1
         super().__post_init__()
         if self.baseline == "leave-one-out" and self.group_size < 2:
-            raise ValueError(f"baseline='leave-one-out' needs group_size >= 2, got {self.group_size}")
-        check_range("baseline_momentum", self.baseline_momentum, 0, 1, high_open=True)
-        check_range("entropy_coef", self.entropy_coef, 0, float("inf"), high_open=True)
+            raise ConfigError("group_size", self.group_size, "an integer ≥ 2 with baseline 'leave-one-out'")
+
+    @property
+    def uses_groups(self) -> bool:
+        return self.baseline == "leave-one-out"
 
 
 class REINFORCE(Agent):
@@ -94,12 +96,11 @@ class REINFORCE(Agent):
         pg_loss = -sequence_sum_mean(scored.logprobs * advantages[rows], mask)
         entropy = sequence_sum_mean(scored.entropy, mask)
         loss = pg_loss - self.config.entropy_coef * entropy
-        return loss, {"pg_loss": pg_loss, "entropy": masked_mean(scored.entropy.detach(), mask)}
+        return loss, {"loss": loss, "pg_loss": pg_loss, "entropy": masked_mean(scored.entropy.detach(), mask)}
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        advantages = self.advantages(rollout)
-        rows = torch.arange(rollout.mask.shape[0], device=rollout.mask.device)
-        return self.minibatch_step(rows, lambda chunk: self.loss(rollout, advantages, chunk))
+        b_advantages = self.advantages(rollout)  # (B, T)
+        return self.batch_step(lambda rows: self.loss(rollout, b_advantages, rows))
 
     def extra_state(self) -> dict:
         return {"moving_average": torch.as_tensor(self.moving_average.value)}

@@ -1,9 +1,9 @@
 """The reproductions written up in BENCHMARKS.md. Run from the repository root::
 
-    python -m tokengym.benchmarks.reproduce calibration    # agents vs the exact KL-regularised optimum
-    python -m tokengym.benchmarks.reproduce collapse       # reward collapse (Song et al. 2023)
-    python -m tokengym.benchmarks.reproduce fine-grained   # fine-grained vs holistic (Wu et al. 2023)
-    python -m tokengym.benchmarks.reproduce algorithms     # the full suite, 3 seeds: the algorithm table
+    tokengym bench --reproduce calibration    # agents vs the exact KL-regularised optimum
+    tokengym bench --reproduce collapse       # reward collapse (Song et al. 2023)
+    tokengym bench --reproduce fine-grained   # fine-grained vs holistic (Wu et al. 2023)
+    tokengym bench --reproduce algorithms     # the full suite, 3 seeds: the algorithm table
 
 Each writes into ``benchmarks/results/<name>/`` (``--out`` to change): the suite it ran
 (``suite.toml``, so ``tokengym bench --suite benchmarks/results/<name>/suite.toml`` reruns it; the
@@ -13,8 +13,6 @@ suite's outputs (``cells/``, ``results.json``, ``results.md``, curves), and ``su
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,7 +20,9 @@ import numpy as np
 import torch
 
 from tokengym.benchmarks import plots
-from tokengym.benchmarks.suite import environment_line, run_suite, write_json_atomic
+from tokengym.benchmarks.suite import environment_line, run_suite
+from tokengym.benchmarks.suite_schema import to_jsonable
+from tokengym.lm.io import write_json
 from tokengym.rewards.utilities import LogSigmoid, NegPower, Power, PromptAware, preference_loss
 
 RESULTS_DIR = Path("benchmarks") / "results"
@@ -82,7 +82,7 @@ def _write_suite(out: Path, text: str) -> Path:
 def _summary(out: Path, title: str, command: str, lines: Sequence[str], data: Mapping[str, Any]) -> None:
     md = [f"# {title}", "", f"Reproduce: `{command}`", "", f"Measured on: {environment_line()}.", "", *lines]
     (out / "summary.md").write_text("\n".join(md) + "\n")
-    write_json_atomic(out / "summary.json", data)
+    write_json(out / "summary.json", to_jsonable(data), indent=None)
 
 
 def _by_agent(records: Sequence[Mapping[str, Any]], key: str = "agent") -> dict[str, list]:
@@ -126,7 +126,7 @@ def reproduce_calibration(out: Path, progress: bool = True) -> dict:
     rows, data = _calibration_table(records)
     lines = ["Exact values (enumerating all 512 responses) of the final policy of each run; mean ± std over seeds.", "",
              *rows, "", "![KL to the optimum](curves_kl_optimum.png)"]
-    _summary(out, "KL-regularised optimum on Calibration-v0", "python -m tokengym.benchmarks.reproduce calibration", lines, data)
+    _summary(out, "KL-regularised optimum on Calibration-v0", "tokengym bench --reproduce calibration", lines, data)
     return data
 
 
@@ -221,7 +221,7 @@ def reproduce_collapse(out: Path, progress: bool = True) -> dict:
     lines = ["`reward_collapse_experiment()` with its defaults (4 open- and 4 closed-ended prompts, 8 ranked "
              "completions each, an MLP reward model with sigmoid rewards trained to convergence).", "",
              *rows, "", "![reward collapse](reward_collapse.png)"]
-    _summary(out, "Reward collapse", "python -m tokengym.benchmarks.reproduce collapse", lines, data)
+    _summary(out, "Reward collapse", "tokengym bench --reproduce collapse", lines, data)
     return data
 
 
@@ -282,7 +282,7 @@ def reproduce_fine_grained(out: Path, progress: bool = True) -> dict:
         *rows, "", "![holistic score](holistic_score.png)", "", "![fine-grained score](fine_grained_score.png)",
     ]
     _summary(out, "Fine-grained vs holistic reward (PPO, SentimentFineGrained-v0)",
-             "python -m tokengym.benchmarks.reproduce fine-grained", lines, data)
+             "tokengym bench --reproduce fine-grained", lines, data)
     return data
 
 
@@ -303,7 +303,7 @@ def reproduce_algorithms(out: Path, progress: bool = True) -> dict:
              "Calibration-v0 (KL-shaped reward, β = 0.5, lr 1e-2), exact over all 512 responses at the last iteration:", "",
              *rows, "", "![reward](curves_reward.png)"]
     data = {"runs": [{k: r.get(k) for k in keys} for r in records]}
-    _summary(out, "Algorithm table", "python -m tokengym.benchmarks.reproduce algorithms", lines, data)
+    _summary(out, "Algorithm table", "tokengym bench --reproduce algorithms", lines, data)
     return data
 
 
@@ -315,20 +315,9 @@ REPRODUCTIONS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokengym.benchmarks.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=[*REPRODUCTIONS, "all"])
-    parser.add_argument("--out", default=None, help="output directory (default: benchmarks/results/<name>)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    names = list(REPRODUCTIONS) if args.name == "all" else [args.name]
-    for name in names:
-        out = Path(args.out) / name if args.out and len(names) > 1 else Path(args.out or RESULTS_DIR / name)
-        REPRODUCTIONS[name](out, progress=not args.no_progress)
-        print((out / "summary.md").read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def reproduce(name: str, out: str | Path | None = None, *, progress: bool = True) -> Path:
+    """Run one reproduction (a key of :data:`REPRODUCTIONS`) into ``out`` (default
+    ``benchmarks/results/<name>``); returns the directory, whose ``summary.md`` has the figures."""
+    out = Path(out) if out is not None else RESULTS_DIR / name
+    REPRODUCTIONS[name](out, progress=progress)
+    return out

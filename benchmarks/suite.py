@@ -31,7 +31,7 @@ from tokengym.benchmarks.suite_schema import (
     parse_suite,
 )
 from tokengym.envs import get_task, load_tokenizer, registered_envs
-from tokengym.lm.io import atomic_write_file
+from tokengym.lm.io import write_json
 from tokengym.rewards import make_reward
 from tokengym.rewards.side_scores import SideScores
 
@@ -173,11 +173,6 @@ def summarise(cell: Cell, history: Sequence[Mapping[str, Any]], *, wall_s: float
 # ---------------------------------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Compact JSON of :func:`to_jsonable` ``data``, written atomically."""
-    atomic_write_file(path, json.dumps(to_jsonable(data), separators=(",", ":")))
-
-
 def load_cell(out: Path, cell: Cell) -> dict | None:
     """The recorded result of ``cell``, or None if it is missing or was run with other settings."""
     path = Path(out) / CELLS_DIR / f"{cell.key}.json"
@@ -229,7 +224,7 @@ def run_suite(
 
         record = run_cell(cell, device=device, on_iteration=tick)
         record["suite"] = suite.name
-        write_json_atomic(out / CELLS_DIR / f"{cell.key}.json", record)
+        write_json(out / CELLS_DIR / f"{cell.key}.json", to_jsonable(record), indent=None)
         done[cell.key] = record
         bar.update(start_n + cell.settings.episodes - bar.n)
     bar.close()
@@ -250,7 +245,7 @@ def write_results(out: Path, suite: Suite, records: list[dict]) -> None:
     """``results.json``, ``results.md`` and the PNGs; with several reward variants also
     ``ablation.md`` and ``frontier.png``."""
     out = Path(out)
-    write_json_atomic(out / "results.json", records)
+    write_json(out / "results.json", to_jsonable(records), indent=None)
     md = [f"# Suite `{suite.name}`", ""]
     if suite.description:
         md += [suite.description, ""]

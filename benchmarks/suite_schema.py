@@ -62,6 +62,7 @@ from typing import Any, Mapping, Sequence
 from tokengym.agents import AGENTS
 from tokengym.benchmarks.probes import check_fixed_point
 from tokengym.envs import registered_envs
+from tokengym.lm.config import bounded, check_fields, one_of, parse_value
 from tokengym.lm.errors import UsageError
 from tokengym.rewards import REWARD_NAMES, reward_options
 from tokengym.rewards.kl import AdaptiveKL
@@ -88,22 +89,17 @@ class SuiteError(UsageError, ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class RunSettings:
     """How one cell runs (everything but the env, agent and seed)."""
 
-    episodes: int = 256
-    """Episodes to train for (rounded up to whole batches), >= 1."""
-    batch_size: int = 16
-    """Episodes per iteration (the env's ``num_envs``), >= 1."""
-    max_new_tokens: int | None = None
+    episodes: int = bounded(256, at_least=1, integer=True)
+    """Episodes to train for (rounded up to whole batches)."""
+    batch_size: int = bounded(16, at_least=1, integer=True)
+    """Episodes per iteration (the env's ``num_envs``)."""
+    max_new_tokens: int | None = bounded(None, at_least=1, integer=True)
     """Episode length T (None: the task's)."""
-    reward: str | None = None
+    reward: str | None = one_of(None, REWARD_NAMES)
     """Reward name for the env (None: the task's default)."""
     reward_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Options of the reward (``beta``, ``estimator``, ...); ``beta`` may be a table
@@ -113,12 +109,12 @@ class RunSettings:
     eval_rewards: tuple[str, ...] = ()
     """Also score every rollout with these rewards (``"holistic"``, ``"fine-grained"``); logged as
     ``eval/<name>``, never trained on. Gives reward variants a common metric."""
-    exact_every: int = 0
+    exact_every: int = bounded(0, at_least=0, integer=True)
     """Calibration-v0 only: every this many iterations, enumerate all 512 sequences and log the
     exact ``KL(π_θ‖π*)``, ``E_πθ[R]``, ``E_π*[R]`` and ``KL(π_θ‖π_ref)`` as ``exact/*`` (0: off)."""
-    last_n: int = 5
-    """Final values are means over this many last iterations, >= 1."""
-    final_eval_episodes: int = 0
+    last_n: int = bounded(5, at_least=1, integer=True)
+    """Final values are means over this many last iterations."""
+    final_eval_episodes: int = bounded(0, at_least=0, integer=True)
     """After training, sample this many fresh episodes from π_θ and from π_ref and record
     ``final_eval``: the score gain, the sequence KL and distinct-2 of each
     (:mod:`tokengym.benchmarks.evaluate`); 0: off."""
@@ -126,12 +122,7 @@ class RunSettings:
     """Fields of the agent's config class (``lr``, ``group_size``, ...); ``seed`` comes from the grid."""
 
     def __post_init__(self):
-        _check_int("episodes", self.episodes, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        if self.max_new_tokens is not None:
-            _check_int("max_new_tokens", self.max_new_tokens, 1)
-        if self.reward is not None and self.reward not in REWARD_NAMES:
-            raise ValueError(f"reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
+        check_fields(self)
         for name in ("reward_kwargs", "env_kwargs", "agent_options"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a table, got {getattr(self, name)!r}")
@@ -140,9 +131,6 @@ class RunSettings:
             raise ValueError(f"env_kwargs must not set {sorted(taken)}: use the run settings of those names")
         if isinstance(self.eval_rewards, str) or not all(r in EVAL_REWARDS for r in self.eval_rewards):
             raise ValueError(f"eval_rewards must be a list drawn from {list(EVAL_REWARDS)}, got {self.eval_rewards!r}")
-        _check_int("exact_every", self.exact_every, 0)
-        _check_int("last_n", self.last_n, 1)
-        _check_int("final_eval_episodes", self.final_eval_episodes, 0)
         if "seed" in self.agent_options:
             raise ValueError("seed is set by the suite's seeds, not per run")
 
@@ -409,14 +397,6 @@ def _is_calibration(env_id: str) -> bool:
     return registered_envs()[env_id].model == "calibration"
 
 
-def _parse_value(text: str) -> Any:
-    """A TOML literal (``0.5``, ``true``, ``"x"``), else the bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def parse_ablation(specs: Sequence[str] | None) -> dict[str, tuple[Any, ...]]:
     """``["reward=holistic,fine-grained", "reward_kwargs.beta=0.1,0.5"]`` -> ``{field: values}``."""
     out: dict[str, tuple[Any, ...]] = {}
@@ -430,7 +410,7 @@ def parse_ablation(specs: Sequence[str] | None) -> dict[str, tuple[Any, ...]]:
             raise SuiteError(f"--ablate {spec!r}: only reward_kwargs.<option> and env_kwargs.<option> take a dotted path")
         if path in out:
             raise SuiteError(f"--ablate: {path!r} is given twice")
-        out[path] = tuple(_parse_value(v.strip()) for v in values.split(","))
+        out[path] = tuple(parse_value(v.strip()) for v in values.split(","))
     return out
 
 

@@ -4,7 +4,7 @@ Both sides train the embedded 4M-parameter GPT-2 on the Sentiment-v0 prompt pool
 compound score of the completion as the only reward, with the same batch (8 prompts × G = 4),
 16 new tokens, sampling settings, learning rate, optimizer, clipping and loss::
 
-    OMP_NUM_THREADS=1 python -m tokengym.benchmarks.trl_comparison --out benchmarks/results/trl-grpo
+    OMP_NUM_THREADS=1 tokengym bench --trl-comparison --out benchmarks/results/trl-grpo
 
 For each seed one process runs both trainers **interleaved step by step**: TRL's ``train()`` drives
 the loop and a callback runs one tokengym iteration beside each TRL step (before it on even steps,
@@ -17,7 +17,6 @@ TRL is imported only here, lazily; it is not a dependency of tokengym (``pip ins
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -45,7 +44,10 @@ def _import_trl():
         import datasets  # noqa: F401
         import trl
     except ImportError as error:
-        raise SystemExit(f"trl_comparison needs TRL and datasets ({error}); install them with `pip install trl`") from None
+        from tokengym.lm.errors import UsageError
+
+        raise UsageError(f"--trl-comparison needs TRL and datasets ({error}); install them with "
+                         "`pip install 'tokengym[trl]'`") from None
     return trl
 
 
@@ -240,26 +242,24 @@ def summarise(records: list[dict], last_n: int) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=1024, help="episodes per side and seed (multiple of 32)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--last-n", type=int, default=4, help="training batches averaged for the final reward")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable on a shared machine)")
-    parser.add_argument("--out", default="benchmarks/results/trl-grpo")
-    ns = parser.parse_args(argv)
-    if ns.episodes % BATCH:
-        parser.error(f"--episodes must be a multiple of {BATCH}")
+def run_comparison(out: str | Path = "benchmarks/results/trl-grpo", *, episodes: int = 1024,
+                   seeds: tuple[int, ...] = (0, 1, 2), last_n: int = 4, threads: int = 1) -> dict:
+    """Run both trainers, interleaved, for ``episodes`` episodes each (a multiple of the batch) on
+    each seed; write ``seedN.json`` and ``summary.json`` into ``out`` and return the summary."""
+    from tokengym.lm.errors import bad_value
+
+    if episodes % BATCH:
+        raise bad_value("--episodes", episodes, f"a multiple of the batch, {BATCH}")
     trl = _import_trl()
-    torch.set_num_threads(ns.threads)
+    torch.set_num_threads(threads)
     import transformers
 
-    out = Path(ns.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for seed in ns.seeds:
+    for seed in seeds:
         with tempfile.TemporaryDirectory() as workdir:
-            record = run_seed(seed, ns.episodes, workdir)
+            record = run_seed(seed, episodes, workdir)
         (out / f"seed{seed}.json").write_text(json.dumps(record, indent=1))
         records.append(record)
         print(
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     untrained = {
         str(seed): evaluate(load_causal_lm("embedded"), load_tokenizer("embedded"), list(SENTIMENT_PROMPTS), 10_000 + seed)["vader_mean"]
-        for seed in ns.seeds
+        for seed in seeds
     }
     summary = {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
@@ -285,16 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             "advantages": "(r - group mean) / (group std, Bessel + 1e-4)", "clip_eps": 0.2, "num_iterations": 1,
             "max_grad_norm": MAX_GRAD_NORM, "optimizer": "Adam(W) betas (0.9, 0.999), eps 1e-8, no weight decay, constant lr",
             "sampling": "temperature 1, top_k 0, top_p 1", "dtype": "float32", "device": "cpu",
-            "torch_threads": ns.threads, "episodes": ns.episodes, "seeds": ns.seeds, "last_n": ns.last_n,
+            "torch_threads": threads, "episodes": episodes, "seeds": list(seeds), "last_n": last_n,
             "eval_samples": EVAL_SAMPLES,
         },
         "untrained_eval_vader": untrained,
-        **summarise(records, ns.last_n),
+        **summarise(records, last_n),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return summary

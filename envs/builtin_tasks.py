@@ -67,6 +67,7 @@ register_task(Task(
     prompts=lambda: list(SENTIMENT_PROMPTS),
     max_new_tokens=16,
     scorer=_vader,
+    train_min_new_tokens=16,
 ))
 register_task(Task(
     name="sentiment-fine-grained",

@@ -40,6 +40,10 @@ class Task:
     """Builds the task's holistic scorer (text or token scorer)."""
     fine_grained: Callable[[], Any] | None = None
     """Builds the task's fine-grained reward object (used for reward="fine-grained")."""
+    train_min_new_tokens: int = 0
+    """``min_new_tokens`` for ``tokengym train`` unless ``--min-new-tokens`` is given: under a KL
+    penalty every token costs KL, so a policy learns to stop early; a floor keeps the task's
+    continuations long enough to judge (the env itself defaults to 0)."""
 
 
 TASKS: dict[str, Task] = {}

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
-__all__ = ["atomic_write_file", "atomic_write_dir"]
+__all__ = ["atomic_write_file", "atomic_write_dir", "write_json", "read_jsonl"]
 
 
 def _umask() -> int:
@@ -103,6 +103,12 @@ def atomic_write_dir(path: str | os.PathLike, writer: Callable[[Path], None], ke
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def write_json(path: str | os.PathLike, data, *, indent: int | None = 2) -> Path:
+    """``data`` as JSON (``indent=None``: compact), atomically (:func:`atomic_write_file`)."""
+    separators = (",", ":") if indent is None else None
+    return atomic_write_file(path, json.dumps(data, indent=indent, separators=separators) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike, what: str = "a JSON object") -> list[tuple[int, dict]]:

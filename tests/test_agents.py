@@ -23,14 +23,14 @@ def calibration_env(num_envs=16, **kwargs):
 @pytest.mark.parametrize(
     "config_class, field, value, match",
     [
-        (PPOConfig, "clip_eps", 0.0, r"clip_eps must be a number in \(0"),
+        (PPOConfig, "clip_eps", 0.0, r"clip_eps must be a number > 0, got 0.0"),
         (PPOConfig, "clip_eps", -0.1, "clip_eps"),
         (PPOConfig, "gamma", 1.5, r"gamma must be a number in \[0, 1\]"),
         (PPOConfig, "gae_lambda", -0.1, r"gae_lambda must be a number in \[0, 1\]"),
         (A2CConfig, "gae_lambda", 2.0, "gae_lambda"),
-        (A2CConfig, "lr", 0.0, r"lr must be a number in \(0"),
+        (A2CConfig, "lr", 0.0, r"lr must be a number > 0"),
         (REINFORCEConfig, "lr", -1e-3, "lr"),
-        (GRPOConfig, "group_size", 1, r"group_size must be an integer in \[2"),
+        (GRPOConfig, "group_size", 1, r"group_size must be an integer ≥ 2"),
         (GRPOConfig, "beta", -0.1, "beta"),
         (GRPOConfig, "kl_estimator", "k4", "kl_estimator must be one of k1, k2, k3"),
         (REINFORCEConfig, "baseline", "median", "baseline must be one of"),
@@ -46,7 +46,7 @@ def test_reinforce_groups_prompts_only_for_the_leave_one_out_baseline():
     assert REINFORCEConfig(baseline="moving-average").group_size == 1  # no use for groups: distinct prompts
     assert REINFORCEConfig(baseline="none").group_size == 1
     assert REINFORCEConfig(baseline="none", group_size=2).group_size == 2  # an explicit size is kept
-    with pytest.raises(ValueError, match="needs group_size >= 2, got 1"):
+    with pytest.raises(ValueError, match="group_size must be an integer ≥ 2 with baseline 'leave-one-out', got 1"):
         REINFORCEConfig(group_size=1)
 
 
@@ -97,18 +97,18 @@ def test_grpo_loss_matches_the_per_sequence_length_normalised_objective():
     mask = torch.tensor([[True, True, True], [True, True, False]])
     advantages = torch.tensor([0.5, -1.0])
     # On-policy (ratio 1) and ref = policy: J = mean_i (1/|o_i|) Σ_t A_i = mean(A)
-    loss, kl = grpo_loss(logprobs, logprobs, logprobs, advantages, mask, clip_eps=0.2, beta=0.1,
+    loss, _, kl = grpo_loss(logprobs, logprobs, logprobs, advantages, mask, clip_eps=0.2, beta=0.1,
                          kl_estimator="k3", length_normalization=True)
     assert loss.item() == pytest.approx(-advantages.mean().item())
     assert torch.all(kl == 0)
     # Dr. GRPO normaliser: Σ_t A_i / T_max
-    loss, _ = grpo_loss(logprobs, logprobs, logprobs, advantages, mask, clip_eps=0.2, beta=0.1,
+    loss, _, _ = grpo_loss(logprobs, logprobs, logprobs, advantages, mask, clip_eps=0.2, beta=0.1,
                         kl_estimator="k3", length_normalization=False)
     assert loss.item() == pytest.approx(-(0.5 * 3 - 1.0 * 2) / 3 / 2)
     # With a reference differing by δ on one token, the KL term is β·k3(δ)/|o_i| averaged over rows.
     ref = logprobs.clone()
     ref[0, 0] -= 0.3  # log ρ = 0.3 there
-    loss, _ = grpo_loss(logprobs, logprobs, ref, advantages, mask, clip_eps=0.2, beta=0.1,
+    loss, _, _ = grpo_loss(logprobs, logprobs, ref, advantages, mask, clip_eps=0.2, beta=0.1,
                         kl_estimator="k3", length_normalization=True)
     k3 = torch.expm1(torch.tensor(-0.3)) + 0.3
     assert loss.item() == pytest.approx(-advantages.mean().item() + 0.1 * k3.item() / 3 / 2, rel=1e-6)

@@ -152,7 +152,7 @@ BASE = {"envs": ["tokengym/Calibration-v0"], "agents": ["reinforce", "ppo"]}
     "patch, match",
     [
         ({"run": {"episode": 10}}, r"\[run\]: unknown field 'episode'"),
-        ({"run": {"batch_size": 0}}, r"batch_size must be an integer >= 1"),
+        ({"run": {"batch_size": 0}}, r"batch_size must be an integer ≥ 1"),
         ({"run": {"n_epochs": 2}}, r"\[run\]: unknown field 'n_epochs'.*reinforce"),
         ({"agent": {"ppo": {"clip_eps": -1.0}}}, r"cell \(tokengym/Calibration-v0, ppo, default\): clip_eps"),
         ({"agent": {"a2c": {"lr": 1.0}}}, r"\[agent.a2c\]: 'a2c' is not in agents"),

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The moving-average baseline: with batches of 2, leave-one-out is one group of 2 whose advantage is 0
 # whenever both samples score alike, and these 2-iteration runs must move the weights.
-FAST = ["--agent", "reinforce", "--set", "baseline=moving-average", "--episodes", "4", "--batch-size", "2", "--max-new-tokens", "3", "--quiet"]
+FAST = ["--agent", "reinforce", "--baseline", "moving-average", "--episodes", "4", "--batch-size", "2", "--max-new-tokens", "3", "--quiet"]
 
 
 def train(argv: list[str]) -> None:
@@ -72,20 +72,24 @@ def test_train_any_local_causal_lm_and_transformers_alone_loads_the_policy(tmp_p
     assert any(not torch.equal(trained[k], base[k]) for k in base)  # it trained
 
 
-def test_quiet_silences_transformers_progress_bars_and_restores_them(tmp_path, capfd):
+def test_one_progress_bar_transformers_bars_off_quiet_is_quiet_and_restored(tmp_path, capfd):
     from transformers.utils import logging
 
     model_dir = save_tiny(tmp_path / "gpt2", "gpt2")
     argv = ["--model", str(model_dir), "--prompts", prompts_file(tmp_path)]
+    capfd.readouterr()
     assert main(["train", *argv, *[a for a in FAST if a != "--quiet"], "--out", str(tmp_path / "loud")]) == 0
-    assert "Loading weights" in capfd.readouterr().err  # transformers' own bar, without --quiet
+    loud = capfd.readouterr()
+    assert "reinforce tokengym/Sentiment-v0: 100%" in loud.err  # tokengym's own bar
+    assert "Loading weights" not in loud.err and "Writing model shards" not in loud.err  # transformers' would break it
+    assert "mean reward" in loud.out
     train([*argv, "--out", str(tmp_path / "quiet")])
-    err = capfd.readouterr().err
-    assert "Loading weights" not in err and "Writing model shards" not in err, err[-500:]
+    quiet = capfd.readouterr()
+    assert quiet.out == "" and quiet.err == "", (quiet.out[-300:], quiet.err[-300:])
     assert logging.is_progress_bar_enabled()  # an in-process caller gets its bars back
 
 
-def test_lora_trains_adapters_only_and_peft_alone_loads_it_and_export_merges(tmp_path):
+def test_lora_trains_adapters_only_and_peft_alone_loads_it_and_export_merges(tmp_path, capsys):
     from peft import AutoPeftModelForCausalLM
 
     model_dir = save_tiny(tmp_path / "llama", "llama")
@@ -100,7 +104,9 @@ def test_lora_trains_adapters_only_and_peft_alone_loads_it_and_export_merges(tmp
     reference = AutoModelForCausalLM.from_pretrained(out / "reference").state_dict()
     assert all(torch.equal(reference[k], base[k]) for k in base)  # the base never trained
 
+    capsys.readouterr()
     assert main(["export", str(out), "--merge", "--out", str(tmp_path / "merged")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'merged'}: the policy's merged weights and its tokenizer")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-5, rtol=1e-5)

@@ -64,7 +64,7 @@ def test_grpo_kl_term_gradient_is_the_documented_divergence_by_enumeration(estim
 
     # The loss's own KL term: grpo_loss with zero advantages is β · mean_i (1/|o_i|) Σ_t k(y_i,t).
     mask = torch.ones(512, 3, dtype=torch.bool)
-    _, per_token_kl = grpo_loss(
+    _, _, per_token_kl = grpo_loss(
         policy_taken, policy_taken.detach(), ref_taken, torch.zeros(512, dtype=torch.float64), mask,
         clip_eps=0.2, beta=1.0, kl_estimator=estimator, length_normalization=True,
     )  # (512, 3) with gradients

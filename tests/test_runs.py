@@ -182,3 +182,26 @@ def test_resume_refuses_conflicting_flags_and_keeps_k_checkpoints(reference_runs
     assert main(["train", "--resume", str(run), "--episodes", "48"]) == 2
     assert "--episodes 48: expected nothing, or the recorded 24" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--episodes", "24", "--quiet"]) == 0  # same value: fine
+
+
+def test_an_adaptive_beta_anywhere_in_the_reward_tree_is_checkpointed(tmp_path):
+    """The trainer state walks the reward's ``children()``: a KL controller inside ``SideScores``
+    (a benchmark's wrapper) is saved and restored like a top-level one."""
+    import gymnasium as gym
+
+    from tokengym.agents import REINFORCE, REINFORCEConfig
+    from tokengym.envs.calibration import CalibrationScorer
+    from tokengym.rewards import AdaptiveKL, make_reward
+    from tokengym.rewards.side_scores import SideScores
+
+    def env():
+        shaped = make_reward("kl-shaped", task_scorer=CalibrationScorer(), beta=AdaptiveKL(0.1, target=1e-3, horizon=8))
+        return gym.make_vec("tokengym/Calibration-v0", num_envs=8, reward=SideScores(shaped, {}))
+
+    agent = REINFORCE(env(), REINFORCEConfig(lr=1e-2))
+    agent.learn(total_episodes=16)
+    beta = agent.env.reward.reward.beta
+    assert beta != pytest.approx(0.1)  # the controller moved it
+    agent.save(tmp_path / "agent")
+    resumed = REINFORCE.load(tmp_path / "agent", env())
+    assert resumed.env.reward.reward.beta == beta

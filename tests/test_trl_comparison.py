@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import sys
 
-import pytest
 
-
-def test_missing_trl_is_one_clear_line(monkeypatch):
+def test_missing_trl_is_one_clear_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "trl", None)  # makes `import trl` raise ImportError
-    from tokengym.benchmarks import trl_comparison
+    from tokengym.cli import main
 
-    with pytest.raises(SystemExit) as excinfo:
-        trl_comparison.main(["--episodes", "32", "--seeds", "0", "--out", "unused"])
-    message = str(excinfo.value)
-    assert "pip install trl" in message and "\n" not in message
+    assert main(["bench", "--trl-comparison", "--episodes", "32", "--seeds", "0", "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'tokengym[trl]'" in lines[0], lines
+    assert not (tmp_path / "out").exists()
 
 
 def test_importing_the_driver_does_not_import_trl(monkeypatch):

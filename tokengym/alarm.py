@@ -22,7 +22,8 @@ class OveroptimizationWarning(UserWarning):
 
 @dataclass
 class OveroptimizationAlarm:
-    """``alarm(stats)`` after each iteration; warns once per quantity, returns the new messages."""
+    """``alarm(stats)`` after each iteration warns once per quantity and returns the new messages;
+    ``alarm.check(stats)`` returns them without warning (``tokengym train`` prints them as lines)."""
 
     max_kl: float | None = 15.0
     """Warn when ``kl_ref`` (nats per sequence, the penalty's k1 sum) exceeds this; None: off."""
@@ -38,6 +39,15 @@ class OveroptimizationAlarm:
             check_range("min_entropy", self.min_entropy, 0, math.inf, low_open=True, high_open=True)
 
     def __call__(self, stats: dict) -> list[str]:
+        """:meth:`check`, each new message also raised as an :class:`OveroptimizationWarning` (for
+        ``agent.learn(callback=alarm)``)."""
+        messages = self.check(stats)
+        for message in messages:
+            warnings.warn(message, OveroptimizationWarning, stacklevel=2)
+        return messages
+
+    def check(self, stats: dict) -> list[str]:
+        """The messages of the thresholds ``stats`` crosses for the first time (no warning raised)."""
         messages = []
         kl, entropy = stats.get("kl_ref"), stats.get("entropy")
         if self.max_kl is not None and kl is not None and kl > self.max_kl and "kl" not in self.fired:
@@ -53,6 +63,4 @@ class OveroptimizationAlarm:
                 f"iteration {stats['iteration']}: per-token entropy is {entropy:.3f} nats, below "
                 f"{self.min_entropy}; the policy may be collapsing onto a few tokens"
             )
-        for message in messages:
-            warnings.warn(message, OveroptimizationWarning, stacklevel=2)
         return messages

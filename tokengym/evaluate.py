@@ -24,26 +24,26 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 256, seed: int = EVAL_S
     import gymnasium as gym
 
     from tokengym.agents.policy import Policy
-    from tokengym.settings import resolve_settings, validate
-    from tokengym.train import reward_model_reward
     from tokengym.lm.errors import UsageError
+    from tokengym.settings import plan, resolve
+    from tokengym.train import reward_model_reward
 
     run_dir = Path(run_dir)
     try:
-        s, _, _ = resolve_settings({}, str(run_dir), None)
+        resolved = resolve({}, str(run_dir))
     except UsageError as exc:
         raise UsageError(str(exc).replace("--resume", "--run", 1)) from None
     if not (run_dir / "policy").is_dir():
         raise UsageError(f"--run {run_dir}: expected a finished run (it has no policy/ yet)")
     if device is not None:
-        s["device"] = device
-    plan = validate(s, run_dir, resuming=True)
-    env_kwargs = {k: v for k, v in plan.env_kwargs.items() if k not in ("reward", "reward_kwargs")}
+        resolved.settings.device = device
+    s, plan_ = resolved.settings, plan(resolved)
+    env_kwargs = {k: v for k, v in plan_.env_kwargs.items() if k not in ("reward", "reward_kwargs")}
     spec = env_kwargs.pop("reward_model", None)
     if spec is not None:  # the run's reward model, holistic, stands in for the task's scorer
-        env_kwargs["reward"] = reward_model_reward({**spec, "reward": "holistic"}, env_kwargs, s)
-    envs = gym.make_vec(s["env"], num_envs=batch_size, **env_kwargs)
-    policy_kwargs = {k: v for k, v in plan.policy_kwargs.items() if k not in ("lora", "autocast_dtype")}
+        env_kwargs["reward"] = reward_model_reward({**spec, "reward": "holistic"}, env_kwargs, s.trust_remote_code)
+    envs = gym.make_vec(s.env, num_envs=batch_size, **env_kwargs)
+    policy_kwargs = {k: v for k, v in plan_.policy_kwargs.items() if k not in ("lora", "autocast_dtype")}
     policy = Policy.from_pretrained(run_dir / "policy", device=envs.unwrapped.device, **policy_kwargs)
     return evaluate(envs, policy.model, episodes=episodes, seed=seed)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from tokengym.lm.io import atomic_write_dir
@@ -50,22 +49,27 @@ def export_merged(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, tru
 
 
 def _export(args: argparse.Namespace) -> int:
+    from tokengym.lm.errors import UsageError
+
     if not args.merge:
-        print("tokengym export: --merge is required (the only export format so far: merged full weights)", file=sys.stderr)
-        return 2
+        raise UsageError("tokengym export: --merge is required (the one export format so far: merged full weights)")
     out = args.out if args.out is not None else Path(args.run_dir) / "merged"
     try:
         path = export_merged(args.run_dir, out, trust_remote_code=args.trust_remote_code)
     except (FileNotFoundError, FileExistsError) as err:
-        print(f"tokengym export: {err}", file=sys.stderr)
-        return 2
-    print(path)
+        raise UsageError(f"{args.run_dir}: {err}") from None
+    print(f"wrote {path}: the policy's merged weights and its tokenizer (AutoModelForCausalLM and AutoTokenizer load them)")
     return 0
 
 
 def add_cli(subparsers) -> None:
     """Register ``tokengym export RUN_DIR --merge [--out DIR]``."""
-    parser = subparsers.add_parser("export", help="write a run's policy as merged full weights + tokenizer")
+    parser = subparsers.add_parser(
+        "export", help="write a run's policy as one plain model directory (LoRA adapters merged)",
+        description="Write RUN_DIR's policy, LoRA adapters merged into the base weights, with its tokenizer and "
+                    "generation config, to --out: a directory that transformers alone loads (no peft, no tokengym). "
+                    "Seconds for small models.",
+    )
     parser.add_argument("run_dir", help="a directory written by `tokengym train --out`")
     parser.add_argument("--merge", action="store_true", help="merge LoRA adapters into the base weights")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/merged)")
