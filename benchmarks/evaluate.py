@@ -31,8 +31,6 @@ __all__ = ["distinct_n", "sample_stats", "evaluate", "evaluate_run", "add_cli"]
 
 EVAL_FILE = "eval.json"
 """Where ``tokengym eval`` writes its figures, inside the run directory."""
-CHECK_DONE_EVERY = 8
-"""Tokens between the checks whether every episode has ended (each is a host read)."""
 EVAL_SEED = 20_261_122
 """Default seed of the evaluation prompts and samples: not a training seed."""
 
@@ -51,41 +49,21 @@ def sample_stats(env, model: torch.nn.Module, *, episodes: int, seed: int,
     and length, with the continuations' texts. ``context``: the model's forward context (autocast,
     or a PEFT model's adapters disabled)."""
     from tokengym.agents.policy import Policy
-    from tokengym.lm.distributed import all_ranks
-
-    from tokengym.rewards import KLShaped
+    from tokengym.benchmarks.episodes import run_episodes
 
     env = env.unwrapped
-    penalty = env.reward.name if isinstance(env.reward, KLShaped) else None  # left out of the score
     policy = Policy(model, sampling=env.sampling)
     generator = torch.Generator(device=env.device).manual_seed(seed)
     scores, kls, lengths, texts = [], [], [], []
     with context if context is not None else contextlib.nullcontext():
         for batch in range(math.ceil(episodes / env.num_envs)):
-            obs, _ = env.reset(seed=seed if batch == 0 else None)
-            P, T, B = env.prompt_width, env.max_new_tokens, env.num_envs
-            policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
-            logprobs = torch.zeros(B, T, device=env.device)  # (B, T) log π(a_t|s_t) of the sampled tokens
-            ref_logprobs = torch.zeros(B, T, device=env.device) if env.steps_reference else None  # (B, T)
-            for t in range(T):
-                step = policy.act(generator, env.shard)
-                obs, reward, _, _, info = env.step(step.actions, logprobs=step.logprobs)
-                logprobs[:, t] = step.logprobs
-                if ref_logprobs is not None:  # a KL-shaped env already ran π_ref on this token
-                    ref_logprobs[:, t] = info["ref_logprobs"]
-                # a host read every CHECK_DONE_EVERY tokens, not every token (stepping a finished env is a no-op)
-                if t + 1 == T or ((t + 1) % CHECK_DONE_EVERY == 0 and all_ranks(env.all_done, env.device)):
-                    break
-                policy.advance(step.actions)
-            input_ids, attention_mask = obs["input_ids"], obs["attention_mask"].bool()
-            mask = attention_mask[:, P:]  # (B, T) response tokens
-            if ref_logprobs is None:  # the env did not step π_ref: score the episodes once
-                ref_logprobs = env.reference.score(input_ids, attention_mask, P)  # (B, T)
-            kls.append(torch.where(mask, logprobs - ref_logprobs, 0.0).sum(-1))
-            scores.append(sum(v for k, v in info["reward_components"].items() if k != penalty))  # (B,) episode totals
+            batch_episodes = run_episodes(env, policy, generator, seed=seed if batch == 0 else None)
+            mask = batch_episodes.mask  # (B, T) response tokens
+            kls.append(torch.where(mask, batch_episodes.logprobs - batch_episodes.ref_logprobs, 0.0).sum(-1))
+            scores.append(sum(batch_episodes.components.values()))  # (B,) episode totals
             lengths.append(mask.sum(-1).float())
             if env.tokenizer is not None:
-                texts += [env.tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(input_ids[:, P:], mask)]
+                texts += batch_episodes.texts(env.tokenizer)
     score, kl, length = (torch.cat(x)[:episodes].double() for x in (scores, kls, lengths))
     texts = texts[:episodes]
     return {

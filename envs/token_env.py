@@ -661,6 +661,12 @@ class TokenVectorEnv(VectorEnv):
         return tuple(self._prompt_texts)
 
     @property
+    def row_prompts(self) -> tuple:
+        """Each row's prompt as given (text, token ids or chat messages) for its current episode:
+        with ``info["columns"]``, what ``reset(options={"prompts": ...})`` takes to replay a row's prompt."""
+        return self._row_prompts
+
+    @property
     def all_done(self) -> torch.Tensor:
         """0-dim bool tensor on device: no row is still generating (read it sparingly on CUDA)."""
         return ~self._alive.any()
