@@ -11,7 +11,7 @@ Two curves of ``(KL(·‖π_ref), E[r] − E_{π_ref}[r])``, both from π_ref's 
   a pool of M ≥ N samples per prompt by the order-statistic U-statistic (the mean of the maximum
   over every N-subset of the pool: the k-th smallest of M is that maximum with probability
   ``C(k−1, N−1)/C(M, N)``); its KL, bounded by ``log N − (N−1)/N`` (exact for a continuous
-  reward without ties; Beirami et al. 2024) and estimated by plugging the pool's reward
+  reward without ties; Beirami et al. 2024) and estimated by plugging the pool's empirical reward
   distribution into the exact formula: given x, ``π_BoN(y) = π_ref(y)·(F(r)^N − F(r⁻)^N)/P(R = r)``
   depends on y only through its reward, so ``KL(BoN‖π_ref)`` is the KL between the two reward
   distributions, and ties (a reward of 0 for every neutral text) make it smaller than the bound.
@@ -74,8 +74,14 @@ def best_of_n_weights(pool: int, n: int, *, dtype=torch.float64, device=None) ->
 
 
 def best_of_n_from_pool(rewards: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-    """``gain`` (E[max of N] − E[r]) and ``kl`` (KL(BoN_N‖π_ref), plug-in) from (..., X, M) pools
-    of π_ref's rewards, M per prompt, each averaged over the X prompts: (...,)."""
+    """``gain`` (E[max of N] − E[r]) and ``kl`` (KL(BoN_N‖π_ref)) from (..., X, M) pools of π_ref's
+    rewards, M per prompt, each averaged over the X prompts: (...,).
+
+    The gain is the U-statistic: the mean over every N-subset of the pool of its maximum, less
+    the pool's mean, unbiased. The KL is the exact formula on the pool's empirical reward
+    distribution F̂ (best-of-N drawn with replacement from the pool): ``Σ_v P_N(v)·log(P_N(v)/P̂(v))``
+    with ``P_N(v) = F̂(v)^N − F̂(v⁻)^N``, consistent and below the bound for untied rewards (the
+    subsets' own maxima would not do: for N = M they always pick the pool's top, at KL log M)."""
     M = rewards.shape[-1]
     ordered = rewards.double().sort(-1).values  # (..., X, M)
     weights = best_of_n_weights(M, n, device=rewards.device).expand_as(ordered)  # (..., X, M)
@@ -83,9 +89,10 @@ def best_of_n_from_pool(rewards: torch.Tensor, n: int) -> dict[str, torch.Tensor
     starts = torch.ones_like(ordered, dtype=torch.bool)  # (..., X, M) the first of each run of tied values
     starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
     group = starts.long().cumsum(-1) - 1  # (..., X, M) index of each value's tie group
-    bon_mass = torch.zeros_like(ordered).scatter_add_(-1, group, weights)  # (..., X, M) P_BoN(R = r_g)
-    ref_mass = torch.zeros_like(ordered).scatter_add_(-1, group, torch.full_like(ordered, 1.0 / M))  # P̂_ref(R = r_g)
-    kl = torch.where(bon_mass > 0, bon_mass * (bon_mass.log() - ref_mass.log()), 0.0).sum(-1)  # (..., X)
+    ref_mass = torch.zeros_like(ordered).scatter_add_(-1, group, torch.full_like(ordered, 1.0 / M))  # (..., X, M) P̂(R = v_g)
+    at_most = ref_mass.cumsum(-1)  # (..., X, M) F̂(v_g), groups in increasing order
+    bon_mass = at_most ** n - (at_most - ref_mass) ** n  # (..., X, M) P_N(R = v_g); 0 on unused groups
+    kl = torch.where(ref_mass > 0, bon_mass * (bon_mass.log() - ref_mass.log()), 0.0).sum(-1)  # (..., X)
     return {"gain": gain.mean(-1), "kl": kl.mean(-1)}
 
 

@@ -21,17 +21,15 @@ POOL = torch.tensor([0.5, -1.0, 0.5, 2.0, 0.0, 0.5, -1.0], dtype=torch.float64) 
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
-def test_pool_estimates_are_the_averages_over_every_subset(n):
+def test_pool_gain_averages_every_subset_and_its_kl_is_the_empirical_distributions(n):
     subsets = list(itertools.combinations(range(len(POOL)), n))
     maxima = torch.stack([POOL[list(s)].max() for s in subsets])
     brute_gain = float(maxima.mean() - POOL.mean())
-    values = POOL.unique()
-    bon = torch.stack([(maxima == v).double().mean() for v in values])  # P(max of a random subset = v)
-    ref = torch.stack([(POOL == v).double().mean() for v in values])
-    brute_kl = float(torch.where(bon > 0, bon * (bon / ref).log(), 0.0).sum())
     pool = best_of_n_from_pool(POOL[None], n)  # one prompt
     assert float(pool["gain"]) == pytest.approx(brute_gain, abs=1e-12)
-    assert float(pool["kl"]) == pytest.approx(brute_kl, abs=1e-12)
+    # the KL is best-of-N's on the pool's empirical distribution (the pool's entries, 1/M each)
+    empirical = exact_best_of_n(POOL, torch.full((len(POOL),), -math.log(len(POOL)), dtype=torch.float64), n)
+    assert float(pool["kl"]) == pytest.approx(empirical["kl"], abs=1e-12)
     assert float(best_of_n_weights(len(POOL), n).sum()) == pytest.approx(1.0, abs=1e-12)
 
 
@@ -66,6 +64,8 @@ def test_the_kl_bound_is_the_limit_of_many_untied_rewards(n):
     exact = exact_best_of_n(torch.arange(S, dtype=torch.float64), torch.full((S,), -math.log(S), dtype=torch.float64), n)
     assert 0 < exact["kl_bound"] - exact["kl"] < 1e-3
     assert exact["kl_bound"] == pytest.approx(math.log(n) - (n - 1) / n)
+    untied = best_of_n_from_pool(torch.randperm(n, generator=torch.Generator().manual_seed(0))[None].double(), n)
+    assert float(untied["kl"]) < exact["kl_bound"]  # N = M: still below the bound (the pool's top alone would be log M)
 
 
 @pytest.fixture(scope="module")
