@@ -5,8 +5,8 @@ Two curves of ``(KL(·‖π_ref), E[r] − E_{π_ref}[r])``, both from π_ref's 
 * ``p_β ∝ π_ref·exp(r/β)`` over a grid of β: the best any policy can do at its KL (it maximises
   ``E[r] − β·KL``), by self-normalised importance sampling per prompt
   (:func:`~tokengym.benchmarks.targets.estimate`); a point whose smallest per-prompt ESS is
-  below ``min_ess`` is marked ``low_ess`` (its figures lean on a handful of samples and
-  understate the gain and the KL).
+  below ``min_ess`` is marked ``low_ess`` (its figures lean on a handful of samples and tend to
+  understate the gain and the KL: the samples that would carry most of p's mass are missing).
 * best-of-N sampling (no training): its gain ``E[max of N] − E[r]``, estimated without bias from
   a pool of M ≥ N samples per prompt by the order-statistic U-statistic (the mean of the maximum
   over every N-subset of the pool: the k-th smallest of M is that maximum with probability
@@ -129,6 +129,7 @@ def _p_beta_point(figures: dict, beta: float, min_ess: float) -> dict:
 
 
 def _grid(betas: Sequence[float], beta: float, ns: Sequence[int]) -> tuple[list[float], list[int]]:
+    """The sorted β grid with ``beta`` in it, and the sorted N; a ValueError naming a bad value."""
     for b in (*betas, beta):
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < math.inf:
             raise ValueError(f"frontier: every β must be a finite number > 0, got {b!r}")

@@ -143,12 +143,12 @@ def bootstrap_errors(statistic: Callable[[dict[str, torch.Tensor]], dict[str, to
     device = next(iter(columns.values())).device
     generator = torch.Generator(device=device).manual_seed(seed)
     chunk = max(1, (1 << 21) // (X * n))  # replicates at once: about 2M values per column
+    firsts = [sum(segments[:i]) for i in range(len(segments))]  # each segment's first column
     draws: dict[str, list[torch.Tensor]] = {}
     for start in range(0, replicates, chunk):
         R = min(chunk, replicates - start)
-        offsets = torch.tensor([0, *segments], device=device).cumsum(0)
-        index = torch.cat([torch.randint(int(lo), int(lo) + size, (R, X, size), generator=generator, device=device)
-                           for lo, size in zip(offsets[:-1], segments)], dim=-1)  # (R, X, n)
+        index = torch.cat([torch.randint(first, first + size, (R, X, size), generator=generator, device=device)
+                           for first, size in zip(firsts, segments)], dim=-1)  # (R, X, n)
         resampled = {name: value.expand(R, X, n).gather(-1, index) for name, value in columns.items()}
         for name, value in statistic(resampled).items():
             if value.shape == (R,):
