@@ -53,13 +53,16 @@ class Rollout:
 @torch.no_grad()
 def play_episodes(
     env, policy: Policy, generator: torch.Generator, *, seed: int | None = None, group_size: int = 1,
-    check_done_every: int = 1,
+    check_done_every: int = 1, options: dict | None = None, score_reference: bool = True,
 ) -> Rollout:
-    """Reset ``env`` (with ``seed``, and each prompt repeated ``group_size`` times in consecutive
-    rows) and play one batch of episodes to their end with ``policy``, sampling with
-    ``generator``. Whether every row has ended is read on the host every ``check_done_every``
-    tokens (stepping an env whose rows all ended is a no-op, so a larger value only costs forwards)."""
-    options = {"group_size": group_size} if group_size > 1 else None
+    """Reset ``env`` (with ``seed``; each prompt repeated ``group_size`` times in consecutive rows;
+    any other reset ``options``, such as explicit prompts) and play one batch of episodes to their
+    end with ``policy``, sampling with ``generator``. Whether every row has ended is read on the
+    host every ``check_done_every`` tokens (stepping an env whose rows all ended is a no-op, so a
+    larger value only costs forwards). π_ref's log-probs are the env's when it stepped π_ref, else
+    one teacher-forced pass afterwards, unless ``score_reference`` is False (then they are 0: for a
+    caller that sampled from π_ref itself)."""
+    options = {**(options or {}), **({"group_size": group_size} if group_size > 1 else {})} or None
     obs, _ = env.reset(seed=seed, options=options)
     P, T, B = env.prompt_width, env.max_new_tokens, env.num_envs
     policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
@@ -85,7 +88,7 @@ def play_episodes(
     input_ids, attention_mask = obs["input_ids"], obs["attention_mask"].bool()
     mask = attention_mask[:, P:]  # (B, T)
     if ref_logprobs is None:  # the env did not step π_ref: score the episodes once
-        ref_logprobs = env.reference.score(input_ids, attention_mask, P)  # (B, T)
+        ref_logprobs = env.reference.score(input_ids, attention_mask, P) if score_reference else torch.zeros_like(logprobs)
     last_step = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1)
     rewards.scatter_add_(1, last_step, late_rewards[:, None])  # a late payment belongs to the row's last step
     return Rollout(

@@ -24,8 +24,6 @@ import torch
 
 __all__ = ["distinct_n", "sample_stats", "evaluate", "EVAL_SEED"]
 
-CHECK_DONE_EVERY = 8
-"""Tokens between the checks whether every episode has ended (each is a host read)."""
 EVAL_SEED = 20_261_122
 """Default seed of the evaluation prompts and samples: not a training seed."""
 
@@ -44,25 +42,21 @@ def sample_stats(env, model: torch.nn.Module, *, episodes: int, seed: int,
     and length, with the continuations' texts. ``context``: the model's forward context (autocast,
     or a PEFT model's adapters disabled)."""
     from tokengym.agents.policy import Policy
-    from tokengym.agents.rollout import play_episodes
-    from tokengym.rewards import KLShaped
+    from tokengym.benchmarks.episodes import run_episodes
 
     env = env.unwrapped
-    penalty = env.reward.name if isinstance(env.reward, KLShaped) else None  # left out of the score
     policy = Policy(model, sampling=env.sampling)
     generator = torch.Generator(device=env.device).manual_seed(seed)
     scores, kls, lengths, texts = [], [], [], []
     with context if context is not None else contextlib.nullcontext():
         for batch in range(math.ceil(episodes / env.num_envs)):
-            rollout = play_episodes(env, policy, generator, seed=seed if batch == 0 else None,
-                                    check_done_every=CHECK_DONE_EVERY)
-            mask = rollout.mask  # (B, T) response tokens
-            kls.append(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(-1))
-            scores.append(sum(v for k, v in rollout.components.items() if k != penalty))  # (B,) episode totals
+            batch_episodes = run_episodes(env, policy, generator, seed=seed if batch == 0 else None)
+            mask = batch_episodes.mask  # (B, T) response tokens
+            kls.append(torch.where(mask, batch_episodes.logprobs - batch_episodes.ref_logprobs, 0.0).sum(-1))
+            scores.append(sum(batch_episodes.components.values()))  # (B,) episode totals
             lengths.append(mask.sum(-1).float())
             if env.tokenizer is not None:
-                responses = rollout.input_ids[:, rollout.prompt_width:]  # (B, T)
-                texts += [env.tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(responses, mask)]
+                texts += batch_episodes.texts(env.tokenizer)
     score, kl, length = (torch.cat(x)[:episodes].double() for x in (scores, kls, lengths))
     texts = texts[:episodes]
     return {

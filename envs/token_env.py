@@ -661,6 +661,17 @@ class TokenVectorEnv(VectorEnv):
         return tuple(self._prompt_texts)
 
     @property
+    def row_prompts(self) -> tuple:
+        """Each row's prompt as given (text, token ids or chat messages) for its current episode:
+        with ``info["columns"]``, what ``reset(options={"prompts": ...})`` takes to replay a row's prompt."""
+        return self._row_prompts
+
+    @property
+    def row_columns(self) -> dict[str, tuple]:
+        """Each prompt column's per-row values for the current episodes (``info["columns"]``)."""
+        return dict(self._row_columns)
+
+    @property
     def all_done(self) -> torch.Tensor:
         """0-dim bool tensor on device: no row is still generating (read it sparingly on CUDA)."""
         return ~self._alive.any()

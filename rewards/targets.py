@@ -11,7 +11,8 @@ from an episode's reward components (the per-episode totals of ``Rollout.compone
 * :class:`GDCBinary` (``φ = 1[r ≥ threshold]``): π_ref conditioned on a 0/1 constraint;
   ``KL(p‖π_ref) = −log Z``.
 * :class:`GDCDistributional` (``log φ = Σ_i λ_i φ_i``): the exponential family closest to π_ref whose
-  feature moments are ``μ̄``; :meth:`GDCDistributional.fit` finds λ from π_ref samples.
+  feature moments are ``μ̄``; :meth:`GDCDistributional.fit` finds λ from π_ref samples (or from an
+  exact enumeration, weighted by π_ref's probabilities).
 
 A target never includes a KL-shaped reward's penalty: the penalty is a property of π_θ, not of
 the episode, and ``p`` already holds the KL term through π_ref.
@@ -130,28 +131,45 @@ class GDCDistributional(Target):
         features = self.feature_matrix(components)
         return features @ self.lambdas.to(features.device)
 
-    def fit(self, features: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-8) -> torch.Tensor:
-        """λ such that the π_ref samples' ``features`` (N, K), reweighted by ``exp(λ·φ)``, have
-        the target moments: Newton's method on the convex dual ``log E_ref[exp(λ·φ)] − λ·μ̄``.
-        Raises a ValueError if a moment lies outside what the samples can reach."""
+    def fit(self, features: torch.Tensor, weights: torch.Tensor | None = None, *, iterations: int = 100,
+            tolerance: float = 1e-8) -> torch.Tensor:
+        """λ such that the rows' ``features`` (N, K), reweighted by ``exp(λ·φ)``, have the target
+        moments: Newton's method on the convex dual ``log E_w[exp(λ·φ)] − λ·μ̄``.
+
+        The rows are π_ref samples (``weights=None``: each counts once) or, with ``weights`` (N,)
+        ≥ 0, any weighted support: the π_ref probabilities of an exact enumeration fit λ exactly.
+        Stops when every moment is within ``tolerance``. Raises a ValueError if a moment lies
+        outside what the rows of positive weight can reach."""
         features = features.double()
+        if features.ndim != 2 or features.shape[1] != len(self.moments):
+            raise ValueError(f"GDCDistributional.fit: features must be (N, {len(self.moments)}), got {tuple(features.shape)}")
+        if weights is None:
+            log_weights = torch.zeros(len(features), dtype=torch.float64, device=features.device)  # (N,)
+        else:
+            weights = weights.double().to(features.device)
+            if weights.shape != features.shape[:1] or not bool(torch.isfinite(weights).all() and (weights >= 0).all()):
+                raise ValueError(f"GDCDistributional.fit: weights must be ({len(features)},) finite and ≥ 0, got shape "
+                                 f"{tuple(weights.shape)}, min {float(weights.min()) if weights.numel() else None}")
+            log_weights = weights.log()  # (N,) -inf on rows of weight 0
         moments = self.moments.to(features.device)
-        low, high = features.min(0).values, features.max(0).values
+        support = features[log_weights > -math.inf]  # (N', K) rows that can carry mass
+        low, high = support.min(0).values, support.max(0).values
         if bool(((moments <= low) | (moments >= high)).any()):
-            raise ValueError(f"target moments {moments.tolist()} must lie strictly inside the sampled features' range "
+            raise ValueError(f"target moments {moments.tolist()} must lie strictly inside the features' range "
                              f"[{low.tolist()}, {high.tolist()}]")
-        def dual(lam: torch.Tensor) -> torch.Tensor:  # log E_ref[exp(λ·φ)] − λ·μ̄, convex in λ
-            return torch.logsumexp(features @ lam, dim=0) - lam @ moments
+
+        def dual(lam: torch.Tensor) -> torch.Tensor:  # log E_w[exp(λ·φ)] − λ·μ̄, convex in λ
+            return torch.logsumexp(features @ lam + log_weights, dim=0) - lam @ moments
 
         lambdas = torch.zeros_like(moments)
         for _ in range(iterations):
-            weights = torch.softmax(features @ lambdas, dim=0)  # (N,) self-normalised exp(λ·φ)
-            mean = weights @ features  # (K,)
+            tilted = torch.softmax(features @ lambdas + log_weights, dim=0)  # (N,) normalised w·exp(λ·φ)
+            mean = tilted @ features  # (K,)
             gradient = mean - moments
             if float(gradient.abs().max()) < tolerance:
                 break
             centred = features - mean
-            hessian = centred.T @ (weights[:, None] * centred) + 1e-10 * torch.eye(len(moments), dtype=features.dtype)
+            hessian = centred.T @ (tilted[:, None] * centred) + 1e-10 * torch.eye(len(moments), dtype=features.dtype)
             step, size = torch.linalg.solve(hessian, gradient), 1.0
             while dual(lambdas - size * step) > dual(lambdas) - 0.25 * size * (gradient @ step) and size > 1e-8:
                 size /= 2  # backtracking (Armijo): full Newton steps overshoot on skewed features
