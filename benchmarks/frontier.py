@@ -41,8 +41,8 @@ from tokengym.rewards.targets import RLKL, task_score
 
 __all__ = [
     "DEFAULT_BETAS", "DEFAULT_NS", "MIN_ESS", "best_of_n_kl_bound", "best_of_n_weights", "best_of_n_from_pool",
-    "exact_best_of_n", "frontier_from_samples", "measure_frontier", "exact_frontier", "calibration_frontier",
-    "place_run", "plot_frontier",
+    "exact_best_of_n", "frontier_from_samples", "measure_frontier", "env_frontier", "exact_frontier",
+    "calibration_frontier", "place_run", "plot_frontier", "FRONTIER_SEED", "MAX_PROMPTS",
 ]
 
 DEFAULT_BETAS = (0.03, DEFAULT_BETA, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
@@ -51,6 +51,10 @@ DEFAULT_NS = (2, 4, 8, 16, 32, 64)
 """The N of the best-of-N points."""
 MIN_ESS = 30.0
 """A p_β point whose smallest per-prompt ESS is below this is marked ``low_ess``."""
+FRONTIER_SEED = 20_261_207
+"""Seed of the π_ref samples behind a run's frontier (``tokengym eval``, suites): not a training seed."""
+MAX_PROMPTS = 64
+""":func:`env_frontier` uses every prompt of an env with at most this many, else this many drawn."""
 
 
 def best_of_n_kl_bound(n: float) -> float:
@@ -192,6 +196,16 @@ def measure_frontier(env, *, n_per_prompt: int, seed: int, n_prompts: int | None
     samples = sample_for_targets(env, n_prompts=n_prompts, n_per_prompt=n_per_prompt, seed=seed, prompts=prompts)
     return {"seed": seed, **frontier_from_samples(samples, betas=betas, ns=ns, beta=beta, min_ess=min_ess,
                                                   components=components)}
+
+
+def env_frontier(env, *, n_per_prompt: int, beta: float = DEFAULT_BETA, seed: int = FRONTIER_SEED,
+                 max_prompts: int = MAX_PROMPTS) -> dict:
+    """The frontier of the vector ``env``'s own prompts and reward (less a KL penalty), at ``beta``:
+    every prompt of its pool when it has at most ``max_prompts``, else ``max_prompts`` drawn."""
+    pool = env.unwrapped.prompt_pool
+    if len(pool) <= max_prompts:
+        return measure_frontier(env, n_per_prompt=n_per_prompt, seed=seed, prompts=pool, beta=beta)
+    return measure_frontier(env, n_per_prompt=n_per_prompt, seed=seed, n_prompts=max_prompts, beta=beta)
 
 
 def exact_frontier(components: Mapping[str, torch.Tensor], ref_logprobs: torch.Tensor, *,

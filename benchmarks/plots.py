@@ -15,7 +15,7 @@ from tokengym.lm.plotting import pyplot, save_figure
 
 __all__ = [
     "group_runs", "mean_std", "fmt", "results_table", "ablation_table", "curve",
-    "plot_learning_curves", "plot_reward_vs_kl", "plot_frontier", "plot_bands", "plot_reward_collapse",
+    "plot_learning_curves", "plot_reward_vs_kl", "plot_score_vs_kl", "placement_table", "plot_bands", "plot_reward_collapse",
     "plot_rollout", "plot_cost_growth",
 ]
 
@@ -108,6 +108,28 @@ def final_eval_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
         lines.append("| " + " | ".join([
             _short(env), agent, config, str(n), f"{col('reference_score')} → {col('score')}", col("score_gain"),
             col("kl", 2), f"{col('reference_distinct_2')} → {col('distinct_2')}", col("distinct_2_ratio", 2), seeds,
+        ]) + " |")
+    return lines
+
+
+def placement_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: each (env, agent, config)'s judged runs placed on the env's frontier
+    (``placement``), mean ± std over seeds: J against J*, the fraction of J* − J_ref captured, and
+    the KL overspend against best-of-N for the same gain."""
+    head = ["env", "agent", "reward config", "seeds", "β", "J", "J* (ESS min)", "J_ref", "fraction of J* − J_ref",
+            "KL overspend vs best-of-N", "per seed: fraction, overspend"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (env, agent, config), runs in group_runs(r for r in records if r.get("placement")).items():
+        n, places = len(runs), [r["placement"] for r in runs]
+        col = lambda key, d=3: fmt(mean_std([p.get(key) for p in places]), d, n)  # noqa: E731
+        seeds = ", ".join(f"s{r['seed']} {r['placement']['fraction_captured']:.2f}, "
+                          + (f"{r['placement']['kl_overspend']:.1f}×" if r["placement"]["kl_overspend"] is not None else "n/a")
+                          for r in runs)
+        first = places[0]
+        lines.append("| " + " | ".join([
+            _short(env), agent, config, str(n), f"{first['beta']:g}", col("j"),
+            f"{first['j_star']:.3f} ({first['j_star_ess_min']:.0f})", f"{first['j_ref']:.3f}", col("fraction_captured", 2),
+            col("kl_overspend", 1) + "×", seeds,
         ]) + " |")
     return lines
 
@@ -214,10 +236,11 @@ def plot_reward_vs_kl(records, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_frontier(records, path: str | Path, y: str = "final_score", ylabel: str = "final score (reward without KL term)",
-                  x: str = "final_kl", xlabel: str = "final KL(π_θ‖π_ref) per sequence") -> Path:
+def plot_score_vs_kl(records, path: str | Path, y: str = "final_score", ylabel: str = "final score (reward without KL term)",
+                     x: str = "final_kl", xlabel: str = "final KL(π_θ‖π_ref) per sequence") -> Path:
     """Final ``y`` against final KL to the reference (``x``), one point per config, error bars =
-    std over seeds; one panel per env whose runs have both."""
+    std over seeds, one panel per env whose runs have both: the configs of an ablation side by
+    side (``tokengym.benchmarks.frontier.plot_frontier`` draws the optimum's frontier itself)."""
     records = [r for r in records if _get(r, x) is not None and _get(r, y) is not None]
     plt = pyplot()
     groups = group_runs(records)
@@ -237,7 +260,7 @@ def plot_frontier(records, path: str | Path, y: str = "final_score", ylabel: str
         axes[env].plot(*zip(*points), color="gray", lw=0.8, alpha=0.6, zorder=0)
     for env, ax in axes.items():
         ax.margins(0.15)
-        ax.set_title(f"{_short(env)}: reward–KL frontier")
+        ax.set_title(f"{_short(env)}: score against KL")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

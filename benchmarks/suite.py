@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from tokengym.agents import AGENTS
 from tokengym.benchmarks import plots
 from tokengym.benchmarks.evaluate import evaluate
+from tokengym.benchmarks.frontier import env_frontier, place_run, plot_frontier
 from tokengym.benchmarks.memory import peak_rss_bytes, reset_peak_rss
 from tokengym.benchmarks.probes import CalibrationProbe
 from tokengym.benchmarks.suite_schema import (
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 CELLS_DIR = "cells"
+FRONTIERS_DIR = "frontiers"
+"""Where a suite keeps each measured frontier (``<key>.json``), so a rerun reuses it."""
 """Where each finished cell's record goes, under the suite's output directory."""
 KL_COMPONENT = "kl_penalty"
 """The KL-shaped reward's component name; ``score`` is the reward without it."""
@@ -77,8 +80,11 @@ def _side_scored(env_id: str, settings: RunSettings, device: str) -> tuple[dict[
     return {**kwargs, "reward": side, "tokenizer": tokenizer}, side
 
 
-def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], None] | None = None) -> dict:
-    """Train ``cell``'s agent on its env through ``Agent.learn``; returns the cell's record."""
+def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], None] | None = None,
+             frontiers: dict[str, dict] | None = None) -> dict:
+    """Train ``cell``'s agent on its env through ``Agent.learn``; returns the cell's record. With
+    ``frontier_samples``, the judged run is placed on its env's frontier, taken from ``frontiers``
+    (keyed by :meth:`RunSettings.frontier_key`) or measured on the cell's env and added to it."""
     s = cell.settings
     config = cell.agent_config()
     make_kwargs, side = _side_scored(cell.env, s, device)
@@ -116,6 +122,14 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
         record["exact_start"] = start_exact
     if s.final_eval_episodes:
         record["final_eval"] = final_eval(agent, s.final_eval_episodes)
+    if s.frontier_samples:
+        frontiers = {} if frontiers is None else frontiers
+        key, beta = s.frontier_key(cell.env), s.objective_beta()
+        if key not in frontiers:
+            frontiers[key] = env_frontier(env, n_per_prompt=s.frontier_samples, beta=beta)
+        record["frontier_key"] = key
+        record["placement"] = place_run(frontiers[key], gain=record["final_eval"]["score_gain"],
+                                        kl=record["final_eval"]["kl"], beta=beta)
     envs.close()
     return record
 
@@ -207,6 +221,7 @@ def run_suite(
     out = Path(out)
     (out / CELLS_DIR).mkdir(parents=True, exist_ok=True)
 
+    frontiers = {path.stem: json.loads(path.read_text()) for path in sorted((out / FRONTIERS_DIR).glob("*.json"))}
     done = {cell.key: load_cell(out, cell) for cell in cells}
     todo = [c for c in cells if done[c.key] is None]
     total = sum(c.settings.episodes for c in cells)
@@ -222,7 +237,10 @@ def run_suite(
             bar.update(min(stats["episodes"], cell.settings.episodes) - (bar.n - start_n))
             bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl_ref']:.3f}")
 
-        record = run_cell(cell, device=device, on_iteration=tick)
+        known = set(frontiers)
+        record = run_cell(cell, device=device, on_iteration=tick, frontiers=frontiers)
+        for key in set(frontiers) - known:
+            write_json(out / FRONTIERS_DIR / f"{key}.json", to_jsonable(frontiers[key]), indent=None)
         record["suite"] = suite.name
         write_json(out / CELLS_DIR / f"{cell.key}.json", to_jsonable(record), indent=None)
         done[cell.key] = record
@@ -265,8 +283,22 @@ def write_results(out: Path, suite: Suite, records: list[dict]) -> None:
                "KL(π_θ‖π_ref) in nats, and distinct-2 (distinct word bigrams ÷ all, pooled over the samples). "
                "`frontier_final.png` plots the gain against the KL.", ""]
         md += plots.final_eval_table(records) + [""]
-        plots.plot_frontier(records, out / "frontier_final.png", x="final_eval/kl", y="final_eval/score_gain",
-                            xlabel="KL(π_θ‖π_ref) per sequence, fresh samples", ylabel="score gain over π_ref, fresh samples")
+        plots.plot_score_vs_kl(records, out / "frontier_final.png", x="final_eval/kl", y="final_eval/score_gain",
+                               xlabel="KL(π_θ‖π_ref) per sequence, fresh samples", ylabel="score gain over π_ref, fresh samples")
+    if any(r.get("placement") for r in records):
+        md += ["Each judged run placed on its env's reward–KL frontier, measured from π_ref's samples "
+               "(`tokengym.benchmarks.frontier`): `J = E[r] − β·KL` against the optimum's `J* = β·E_x log Z(x)` "
+               "(a low ESS understates J*), the fraction of `J* − J_ref` the run captures, and its KL ÷ the KL "
+               "best-of-N sampling needs for the same gain (by the bound log N − (N−1)/N). Plots: `frontier_<key>.png`.", ""]
+        md += plots.placement_table(records) + [""]
+        for key in sorted({r["frontier_key"] for r in records if r.get("placement")}):
+            frontier = json.loads((out / FRONTIERS_DIR / f"{key}.json").read_text())
+            runs: dict[str, list[tuple[float, float]]] = {}
+            for r in records:
+                if r.get("frontier_key") == key:
+                    label = r["agent"] if r["config"] == "default" else f"{r['agent']} ({r['config']})"
+                    runs.setdefault(label, []).append((r["final_eval"]["score_gain"], r["final_eval"]["kl"]))
+            plot_frontier(frontier, out / f"frontier_{key}.png", runs=runs, title=f"{suite.name}: {key}")
     (out / "results.md").write_text("\n".join(md) + "\n")
     plots.plot_learning_curves(records, out / "curves_reward.png", y="reward")
     plots.plot_reward_vs_kl(records, out / "curves_reward_kl.png")
@@ -276,4 +308,4 @@ def write_results(out: Path, suite: Suite, records: list[dict]) -> None:
     if len({r["config"] for r in records}) > 1:
         table = [f"# Ablation: `{suite.name}`", ""] + plots.ablation_table(records)
         (out / "ablation.md").write_text("\n".join(table) + "\n")
-        plots.plot_frontier(records, out / "frontier.png")
+        plots.plot_score_vs_kl(records, out / "frontier.png")

@@ -62,10 +62,10 @@ from typing import Any, Mapping, Sequence
 from tokengym.agents import AGENTS
 from tokengym.benchmarks.probes import check_fixed_point
 from tokengym.envs import registered_envs
-from tokengym.lm.config import bounded, check_fields, one_of, parse_value
+from tokengym.lm.config import ConfigError, bounded, check_fields, one_of, parse_value
 from tokengym.lm.errors import UsageError
 from tokengym.rewards import REWARD_NAMES, reward_options
-from tokengym.rewards.kl import AdaptiveKL
+from tokengym.rewards.kl import DEFAULT_BETA, AdaptiveKL
 
 __all__ = [
     "SuiteError", "RunSettings", "Variant", "Cell", "Suite", "load_suite", "parse_suite", "parse_ablation",
@@ -118,6 +118,10 @@ class RunSettings:
     """After training, sample this many fresh episodes from π_θ and from π_ref and record
     ``final_eval``: the score gain, the sequence KL and distinct-2 of each
     (:mod:`tokengym.benchmarks.evaluate`); 0: off."""
+    frontier_samples: int = bounded(0, at_least=0, integer=True)
+    """π_ref samples per prompt behind the env's reward–KL frontier, measured once per env and
+    settings, on which each judged run is placed (J, J*, the fraction of J* − J_ref captured, the
+    KL overspend against best-of-N; ``frontier_<env>.png``); 0: off. Needs final_eval_episodes."""
     agent_options: Mapping[str, Any] = field(default_factory=dict)
     """Fields of the agent's config class (``lr``, ``group_size``, ...); ``seed`` comes from the grid."""
 
@@ -131,8 +135,30 @@ class RunSettings:
             raise ValueError(f"env_kwargs must not set {sorted(taken)}: use the run settings of those names")
         if isinstance(self.eval_rewards, str) or not all(r in EVAL_REWARDS for r in self.eval_rewards):
             raise ValueError(f"eval_rewards must be a list drawn from {list(EVAL_REWARDS)}, got {self.eval_rewards!r}")
+        if self.frontier_samples and not self.final_eval_episodes:
+            raise ConfigError("frontier_samples", self.frontier_samples, "0 without final_eval_episodes (it places the judged runs)")
         if "seed" in self.agent_options:
             raise ValueError("seed is set by the suite's seeds, not per run")
+
+    def objective_beta(self) -> float:
+        """β of the cell's KL-regularised objective: its KL-shaped reward's (an adaptive β's start),
+        else its agent's own KL coefficient, else the default β."""
+        beta = self.reward_kwargs.get("beta")
+        if isinstance(beta, Mapping):
+            return float(beta["init_beta"])
+        if beta is not None:
+            return float(beta)
+        if self.reward not in ("kl-shaped", "fine-grained+kl") and self.agent_options.get("beta"):
+            return float(self.agent_options["beta"])
+        return DEFAULT_BETA
+
+    def frontier_key(self, env_id: str) -> str:
+        """Cells whose env, episodes and reward (its KL term aside) are the same share a frontier."""
+        kwargs = {k: v for k, v in self.env_make_kwargs().items() if k not in ("reward", "reward_kwargs")}
+        reward = {"kl-shaped": "holistic", "fine-grained+kl": "fine-grained"}.get(self.reward, self.reward)
+        text = json.dumps([env_id, reward, to_jsonable(kwargs), self.frontier_samples, self.batch_size,
+                           self.objective_beta()], sort_keys=True)
+        return f"{_slug(env_id.split('/')[-1])}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
     def env_make_kwargs(self) -> dict[str, Any]:
         """Keywords for ``gymnasium.make_vec`` (besides ``num_envs`` and ``device``)."""

@@ -667,6 +667,13 @@ class TokenVectorEnv(VectorEnv):
         return self._row_prompts
 
     @property
+    def prompt_pool(self):
+        """Every prompt the env draws from, with its columns (a :class:`~tokengym.envs.records.PromptRecords`)."""
+        from tokengym.envs.records import PromptRecords
+
+        return PromptRecords(list(self._prompt_pool), {name: list(values) for name, values in self._column_pool.items()})
+
+    @property
     def row_columns(self) -> dict[str, tuple]:
         """Each prompt column's per-row values for the current episodes (``info["columns"]``)."""
         return dict(self._row_columns)

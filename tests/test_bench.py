@@ -26,6 +26,8 @@ reward_kwargs = { beta = 0.5 }
 eval_rewards = ["holistic"]
 exact_every = 1
 last_n = 2
+final_eval_episodes = 64
+frontier_samples = 64
 
 [agent.grpo]
 group_size = 8
@@ -45,6 +47,23 @@ def tiny_run(tmp_path_factory):
     (root / "tiny.toml").write_text(TINY)
     records = bench.run_suite(root / "tiny.toml", root / "out", progress=False)
     return root, records
+
+
+def test_judged_runs_are_placed_on_one_measured_frontier_whose_optimum_is_exact(tiny_run):
+    from tokengym.benchmarks.frontier import calibration_frontier
+
+    root, records = tiny_run
+    out = root / "out"
+    frontiers = sorted((out / bench.FRONTIERS_DIR).glob("*.json"))
+    assert len(frontiers) == 1  # measured once, shared by the four cells (same env, reward and β)
+    frontier, exact = json.loads(frontiers[0].read_text()), calibration_frontier(beta=0.5)
+    assert abs(frontier["j_star"] - exact["j_star"]) <= 4 * frontier["j_star_se"] + 1e-3
+    for r in records:
+        placement, judged = r["placement"], r["final_eval"]
+        assert placement["beta"] == 0.5 and r["frontier_key"] == frontiers[0].stem
+        assert placement["j"] == pytest.approx(frontier["reference_score"] + judged["score_gain"] - 0.5 * judged["kl"])
+    text = (out / "results.md").read_text()
+    assert "fraction of J* − J_ref" in text and (out / f"frontier_{frontiers[0].stem}.png").stat().st_size > 0
 
 
 def test_tiny_suite_writes_one_record_per_run_and_the_reports(tiny_run):

@@ -64,7 +64,7 @@ def test_sampled_score_and_kl_match_exact_enumeration(reward, one_thread):
 def test_eval_of_a_run_directory_writes_figures_that_match_its_saved_policy(tmp_path, one_thread):
     run = tmp_path / "run"
     assert main(["train", "--env", "tokengym/Calibration-v0", "--agent", "reinforce", "--episodes", "64",
-                 "--batch-size", "16", "--lr", "0.05", "--out", str(run), "--quiet"]) == 0
+                 "--batch-size", "16", "--lr", "0.05", "--beta", "0.5", "--out", str(run), "--quiet"]) == 0
     done = subprocess.run([sys.executable, "-m", "tokengym", "eval", "--run", str(run), "--episodes", "1024"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -76,6 +76,17 @@ def test_eval_of_a_run_directory_writes_figures_that_match_its_saved_policy(tmp_
     assert policy["episodes"] == 1024 and abs(report["reference"]["kl"]) < 1e-5
     assert_within(policy["score"], policy["score_std"], 1024, score)
     assert_within(policy["kl"], policy["kl_std"], 1024, kl)
+    # placed on the frontier at the run's own β, whose J* is known exactly on Calibration-v0
+    from tokengym.benchmarks.frontier import calibration_frontier
+
+    placement, exact_frontier = report["placement"], calibration_frontier(beta=0.5)
+    assert placement["beta"] == 0.5 and placement["beta_source"] == "the KL-shaped reward's β"
+    assert abs(placement["j_star"] - exact_frontier["j_star"]) <= 4 * report["frontier"]["j_star_se"] + 1e-3
+    assert abs(placement["j_ref"] - exact_frontier["reference_score"]) <= 4 * report["frontier"]["reference_score_se"]
+    assert placement["j"] == pytest.approx(placement["j_ref"] + report["score_gain"] - 0.5 * report["kl"])
+    assert placement["fraction_captured"] == pytest.approx(
+        (placement["j"] - placement["j_ref"]) / (placement["j_star"] - placement["j_ref"]))
+    assert "of J* − J_ref captured" in done.stdout and (run / "frontier.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("flags, message", [
