@@ -45,6 +45,7 @@ def success_rate_gain(seed: int) -> tuple[float, float, float]:
     return p0, p1, standard_error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_grpo_learns_arithmetic_beyond_noise(seed, one_thread):
     p0, p1, standard_error = success_rate_gain(seed)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def tokengym(*args: str, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "400"}  # no wrapping inside the names checked below
@@ -32,6 +34,7 @@ def test_envs_lists_what_custom_v0_requires():
     assert "model=, prompts= and reward=" in custom and "(required)" in custom
 
 
+@pytest.mark.slow
 def test_curve_smooths_the_task_reward_beside_the_kl_and_states_beta(tmp_path):
     code = (
         "import sys, matplotlib.axes\n"
@@ -87,6 +90,7 @@ def test_reinforce_groups_only_with_the_leave_one_out_baseline(tmp_path):
     assert config(baseline="moving-average").group_size == 1  # distinct prompts without the groups' baseline
 
 
+@pytest.mark.slow
 def test_resume_from_another_directory_and_of_a_finished_run_is_one_line_and_exit_0(tmp_path):
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     work.mkdir(), elsewhere.mkdir()
@@ -104,6 +108,7 @@ def test_resume_from_another_directory_and_of_a_finished_run_is_one_line_and_exi
     assert "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_a_dependency_warning_prints_once_per_run_not_once_per_iteration(tmp_path):
     code = (
         "import sys, warnings\n"

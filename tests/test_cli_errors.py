@@ -125,6 +125,7 @@ SUBPROCESS_ROWS = [  # the command-line items of the issues, each run as a user 
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", SUBPROCESS_ROWS)
 def test_errors_in_a_real_process_have_no_traceback(tmp_path, what):
     what, flags, setup, expected = next(row for row in ROWS if row[0] == what)

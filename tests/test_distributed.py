@@ -22,6 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # learning or multi-process: CI runs it, `pytest -m slow`
+
 TRAIN = ["train", "--env", "tokengym/Calibration-v0", "--reward", "kl-shaped", "--kl-target", "0.5",
          "--lr", "0.01", "--episodes", "24", "--seed", "3", "--quiet"]
 

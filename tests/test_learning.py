@@ -29,6 +29,8 @@ import pytest
 from tokengym.train import train
 from tokengym.evaluate import evaluate_run
 
+pytestmark = pytest.mark.slow  # learning or multi-process: CI runs it, `pytest -m slow`
+
 
 def standard_error(report: dict) -> float:
     """Standard error of the score gain: two independent means over ``report['episodes']`` each."""

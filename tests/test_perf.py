@@ -29,6 +29,7 @@ def numbers(tree, path=""):
         yield path, tree
 
 
+@pytest.mark.slow
 def test_quick_perf_run_writes_every_figure(tmp_path, one_thread):
     # one_thread keeps the quick run well under a minute on a shared CPU (the memory run's child
     # process takes the same thread count).

@@ -108,6 +108,7 @@ def resume(run: Path, capsys) -> str:
     ("a2c", "mid-update", 4),
     ("grpo", "mid-write", 3),
 ])
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(reference_runs, tmp_path, capsys, agent, mode, at):
     run = tmp_path / "run"
     assert killed_run(command(agent, run), mode, at) == -signal.SIGKILL
@@ -120,6 +121,7 @@ def test_sigkill_then_resume_is_bit_identical(reference_runs, tmp_path, capsys, 
     assert_identical(reference_runs / agent, run)
 
 
+@pytest.mark.slow
 def test_sigkill_at_an_arbitrary_moment_after_the_first_checkpoint(reference_runs, tmp_path, capsys):
     run = tmp_path / "run"
     process = subprocess.Popen(

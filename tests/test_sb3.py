@@ -60,6 +60,7 @@ def test_kl_shaped_fallback_matches_the_logprob_channel():
     assert np.abs(np.stack(channel_rewards)).sum() > 0.1
 
 
+@pytest.mark.slow
 def test_sb3_ppo_learns_on_calibration():
     """SB3 PPO over the single env raises E[R] from π_ref-level play towards the maximum 3."""
     from stable_baselines3 import PPO as SB3PPO
