@@ -4,11 +4,16 @@
 finished cell atomically under ``DIR/cells/`` (a second run skips them), and rebuilds
 ``results.json``, ``results.md`` and the learning-curve PNGs from all of the grid's cells.
 
-The suite file's format and its parsing are :mod:`tokengym.benchmarks.suite_schema` (its names are
-re-exported here); the exact Calibration-v0 probe is :mod:`tokengym.benchmarks.probes`.
+The split: :mod:`tokengym.benchmarks.suite_schema` is what to run (the suite file parsed and
+checked into cells; its names are re-exported here); this module is how a cell runs, in order:
+its env's keywords and its agent's config (:func:`env_kwargs`, :func:`agent_config`), training,
+the judgement on fresh samples, its place on the frontier (:func:`objective_beta`,
+:func:`frontier_key`), its record (:func:`summarise`), and the suite's results
+(:func:`write_results`). The exact Calibration-v0 probe is :mod:`tokengym.benchmarks.probes`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -34,19 +39,20 @@ from tokengym.benchmarks.suite_schema import (
 from tokengym.envs import get_task, load_tokenizer, registered_envs
 from tokengym.lm.io import write_json
 from tokengym.rewards import make_reward
+from tokengym.rewards.kl import DEFAULT_BETA, AdaptiveKL
 from tokengym.rewards.side_scores import SideScores
+from tokengym.rewards.targets import KL_COMPONENTS
 
 __all__ = [
     "SuiteError", "RunSettings", "Variant", "Cell", "Suite", "load_suite", "parse_suite", "parse_ablation",
-    "run_suite", "run_cell", "summarise", "write_results", "SUITES_DIR", "EVAL_REWARDS",
+    "run_suite", "run_cell", "env_kwargs", "agent_config", "objective_beta", "frontier_key", "summarise",
+    "write_results", "SUITES_DIR", "EVAL_REWARDS",
 ]
 
 CELLS_DIR = "cells"
+"""Where each finished cell's record goes, under the suite's output directory."""
 FRONTIERS_DIR = "frontiers"
 """Where a suite keeps each measured frontier (``<key>.json``), so a rerun reuses it."""
-"""Where each finished cell's record goes, under the suite's output directory."""
-KL_COMPONENT = "kl_penalty"
-"""The KL-shaped reward's component name; ``score`` is the reward without it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,11 +60,54 @@ KL_COMPONENT = "kl_penalty"
 # ---------------------------------------------------------------------------------------------
 
 
+def env_kwargs(settings: RunSettings) -> dict[str, Any]:
+    """``gymnasium.make_vec`` keywords of a cell's settings (besides ``num_envs`` and ``device``)."""
+    kwargs = dict(settings.env_kwargs)
+    if settings.reward is not None:
+        kwargs["reward"] = settings.reward
+    if settings.reward_kwargs:
+        reward_kwargs = dict(settings.reward_kwargs)
+        if isinstance(reward_kwargs.get("beta"), Mapping):  # an adaptive β's table
+            reward_kwargs["beta"] = AdaptiveKL(**reward_kwargs["beta"])
+        kwargs["reward_kwargs"] = reward_kwargs
+    if settings.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = settings.max_new_tokens
+    return kwargs
+
+
+def agent_config(cell: Cell):
+    """The cell's agent config: its options and the grid's seed."""
+    return AGENTS[cell.agent].config_class(seed=cell.seed, **cell.settings.agent_options)
+
+
+def objective_beta(settings: RunSettings) -> float:
+    """β of a cell's KL-regularised objective: its KL-shaped reward's (an adaptive β's start), else
+    its agent's own KL coefficient, else the default β."""
+    beta = settings.reward_kwargs.get("beta")
+    if isinstance(beta, Mapping):
+        return float(beta["init_beta"])
+    if beta is not None:
+        return float(beta)
+    if settings.reward not in ("kl-shaped", "fine-grained+kl") and settings.agent_options.get("beta"):
+        return float(settings.agent_options["beta"])
+    return DEFAULT_BETA
+
+
+def frontier_key(cell: Cell) -> str:
+    """Cells whose env, episodes, reward (its KL term aside) and β are the same share a frontier."""
+    s = cell.settings
+    kwargs = {k: v for k, v in env_kwargs(s).items() if k not in ("reward", "reward_kwargs")}
+    reward = {"kl-shaped": "holistic", "fine-grained+kl": "fine-grained"}.get(s.reward, s.reward)
+    text = json.dumps([cell.env, reward, to_jsonable(kwargs), s.frontier_samples, s.batch_size, objective_beta(s)],
+                      sort_keys=True)
+    return f"{cell.env.split('/')[-1]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def _side_scored(env_id: str, settings: RunSettings, device: str) -> tuple[dict[str, Any], SideScores | None]:
     """``gymnasium.make_vec`` keywords for the cell's env; with ``eval_rewards``, its reward is
     built here and passed in wrapped in :class:`SideScores`, together with the tokenizer the
     rewards were built for. Returns the keywords and the wrapper (None without side scores)."""
-    kwargs = settings.env_make_kwargs()
+    kwargs = env_kwargs(settings)
     if not settings.eval_rewards:
         return kwargs, None
     task = get_task(kwargs.get("task", registered_envs()[env_id]))
@@ -84,9 +133,9 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
              frontiers: dict[str, dict] | None = None) -> dict:
     """Train ``cell``'s agent on its env through ``Agent.learn``; returns the cell's record. With
     ``frontier_samples``, the judged run is placed on its env's frontier, taken from ``frontiers``
-    (keyed by :meth:`RunSettings.frontier_key`) or measured on the cell's env and added to it."""
+    (keyed by :func:`frontier_key`) or measured on the cell's env and added to it."""
     s = cell.settings
-    config = cell.agent_config()
+    config = agent_config(cell)
     make_kwargs, side = _side_scored(cell.env, s, device)
     envs = gym.make_vec(cell.env, num_envs=s.batch_size, device=device, **make_kwargs)
     env = envs.unwrapped
@@ -99,7 +148,7 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
     start_exact = probe(agent.policy.model) if probe else {}
 
     def callback(stats: dict) -> None:
-        stats["score"] = stats["reward"] - stats.get(f"reward/{KL_COMPONENT}", 0.0)
+        stats["score"] = stats["reward"] - sum(stats.get(f"reward/{name}", 0.0) for name in KL_COMPONENTS)
         if side is not None:
             stats.update(side.means())
         if probe is not None and (stats["iteration"] % s.exact_every == 0 or stats["episodes"] >= s.episodes):
@@ -124,7 +173,7 @@ def run_cell(cell: Cell, *, device: str = "cpu", on_iteration: Callable[[dict], 
         record["final_eval"] = final_eval(agent, s.final_eval_episodes)
     if s.frontier_samples:
         frontiers = {} if frontiers is None else frontiers
-        key, beta = s.frontier_key(cell.env), s.objective_beta()
+        key, beta = frontier_key(cell), objective_beta(s)
         if key not in frontiers:
             frontiers[key] = env_frontier(env, n_per_prompt=s.frontier_samples, beta=beta)
         record["frontier_key"] = key

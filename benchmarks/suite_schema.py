@@ -65,7 +65,6 @@ from tokengym.envs import registered_envs
 from tokengym.lm.config import ConfigError, bounded, check_fields, one_of, parse_value
 from tokengym.lm.errors import UsageError
 from tokengym.rewards import REWARD_NAMES, reward_options
-from tokengym.rewards.kl import DEFAULT_BETA, AdaptiveKL
 
 __all__ = [
     "SuiteError", "RunSettings", "Variant", "Cell", "Suite", "load_suite", "parse_suite", "parse_ablation",
@@ -139,40 +138,6 @@ class RunSettings:
             raise ConfigError("frontier_samples", self.frontier_samples, "0 without final_eval_episodes (it places the judged runs)")
         if "seed" in self.agent_options:
             raise ValueError("seed is set by the suite's seeds, not per run")
-
-    def objective_beta(self) -> float:
-        """β of the cell's KL-regularised objective: its KL-shaped reward's (an adaptive β's start),
-        else its agent's own KL coefficient, else the default β."""
-        beta = self.reward_kwargs.get("beta")
-        if isinstance(beta, Mapping):
-            return float(beta["init_beta"])
-        if beta is not None:
-            return float(beta)
-        if self.reward not in ("kl-shaped", "fine-grained+kl") and self.agent_options.get("beta"):
-            return float(self.agent_options["beta"])
-        return DEFAULT_BETA
-
-    def frontier_key(self, env_id: str) -> str:
-        """Cells whose env, episodes and reward (its KL term aside) are the same share a frontier."""
-        kwargs = {k: v for k, v in self.env_make_kwargs().items() if k not in ("reward", "reward_kwargs")}
-        reward = {"kl-shaped": "holistic", "fine-grained+kl": "fine-grained"}.get(self.reward, self.reward)
-        text = json.dumps([env_id, reward, to_jsonable(kwargs), self.frontier_samples, self.batch_size,
-                           self.objective_beta()], sort_keys=True)
-        return f"{_slug(env_id.split('/')[-1])}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-    def env_make_kwargs(self) -> dict[str, Any]:
-        """Keywords for ``gymnasium.make_vec`` (besides ``num_envs`` and ``device``)."""
-        kwargs = dict(self.env_kwargs)
-        if self.reward is not None:
-            kwargs["reward"] = self.reward
-        if self.reward_kwargs:
-            reward_kwargs = dict(self.reward_kwargs)
-            if isinstance(reward_kwargs.get("beta"), Mapping):
-                reward_kwargs["beta"] = AdaptiveKL(**reward_kwargs["beta"])
-            kwargs["reward_kwargs"] = reward_kwargs
-        if self.max_new_tokens is not None:
-            kwargs["max_new_tokens"] = self.max_new_tokens
-        return kwargs
 
 
 RUN_KEYS = frozenset(f.name for f in fields(RunSettings)) - {"agent_options"}
@@ -284,9 +249,6 @@ class Cell:
         text = json.dumps([self.env, self.agent, self.variant, self.seed, to_jsonable(asdict(self.settings))], sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
-    def agent_config(self):
-        return AGENTS[self.agent].config_class(seed=self.seed, **self.settings.agent_options)
-
 
 @dataclass(frozen=True)
 class Suite:
@@ -360,8 +322,8 @@ class Suite:
         except (TypeError, ValueError) as err:
             raise SuiteError(f"{where}: {err}") from None
         cell = Cell(env, agent, variant.label, seed, settings)
-        try:
-            config = cell.agent_config()  # the agent config validates its own fields
+        try:  # the agent config validates its own fields
+            config = AGENTS[agent].config_class(seed=seed, **settings.agent_options)
         except (TypeError, ValueError) as err:
             raise SuiteError(f"{where}: {err}") from None
         if settings.batch_size % config.group_size:
