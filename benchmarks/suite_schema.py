@@ -1,8 +1,10 @@
 """The benchmark suite file: its TOML schema, parsed and validated into a :class:`Suite` whose
 :meth:`Suite.cells` is the grid of runs (:mod:`tokengym.benchmarks.suite` runs them).
 
-Over 400 lines because the schema is one thing: the settings, their layering and every
-validation message are read and changed together; the runner and the probes live elsewhere.
+Inside: :class:`RunSettings` (one cell's settings, each field checked), :class:`Variant` (an
+entry of the reward axis), :class:`Cell` (one run of the grid), :class:`Suite` (the parsed file:
+its layers, the grid and ablations), :func:`parse_suite` / :func:`load_suite`, and
+:func:`parse_ablation` for ``--ablate``.
 
 A suite file::
 
