@@ -116,3 +116,29 @@ def test_docstrings_cite_sources_that_exist():
     """DESIGN.md lives outside the repository: code cites docs/ (or seeds and papers) instead."""
     citing = [str(path.relative_to(ROOT)) for _, path, _ in package_files() if "DESIGN.md" in path.read_text()]
     assert not citing, f"cite docs/*.md, not DESIGN.md: {citing}"
+
+
+def argv_offences(path: Path) -> list[str]:
+    """Where ``path`` imports argparse, reads ``sys.argv``, parses arguments or adds a command."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+            if "argparse" in names:
+                found.append(f"{path.name}:{node.lineno} imports argparse")
+        elif isinstance(node, ast.Attribute) and node.attr in ("argv", "add_parser", "add_subparsers", "parse_args"):
+            found.append(f"{path.name}:{node.lineno} uses .{node.attr}")
+    return found
+
+
+def test_only_the_app_layer_parses_argv_or_registers_a_command():
+    """The application is the top layer: below ``tokengym/`` no module imports argparse, reads
+    ``sys.argv``, parses arguments or adds a (sub)command."""
+    offending = [o for layer, path, _ in package_files() if layer != "tokengym" for o in argv_offences(path)]
+    assert not offending, "\n".join(offending)
+
+
+def test_the_argv_checker_can_fail(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import argparse\nimport sys\nx = sys.argv\ndef f(sub):\n    sub.add_parser('x')\n")
+    assert argv_offences(module) == ["m.py:1 imports argparse", "m.py:3 uses .argv", "m.py:5 uses .add_parser"]
