@@ -164,6 +164,9 @@ class Agent(abc.ABC):
             env.set_reference(Reference.adapters_off(policy.model, env.sampling.temperature))
         self.reference: Reference = env.reference
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+        # float16 gradients below 6e-8 flush to zero: scale the loss up before backward and the
+        # gradients back down before clipping (Micikevicius et al. 2018). bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=policy.autocast_dtype == torch.float16)
         self.generator = torch.Generator(device=env.device).manual_seed(config.seed)
         self.iteration = 0
         self.episodes = 0
@@ -281,7 +284,7 @@ class Agent(abc.ABC):
         if not torch.isfinite(loss):
             self._skip(f"loss = {float(loss.detach())}")
             return False
-        loss.backward()
+        self.scaler.scale(loss).backward()
         return True
 
     def _finish_step(self, finite: bool, device: torch.device) -> bool:
@@ -296,13 +299,20 @@ class Agent(abc.ABC):
         return False
 
     def _clip_and_step(self) -> bool:
-        """Clip the accumulated gradient and step, unless its norm is non-finite."""
+        """Unscale (float16) and clip the accumulated gradient and step, unless its norm is
+        non-finite. Under float16 an overflow at a loss scale above 1 is the scaler's signal to
+        halve the scale, not a non-finite update; at a scale of 1 or less it is one."""
+        self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
+            overflow = self.scaler.is_enabled() and self.scaler.get_scale() > 1
             self.optimizer.zero_grad(set_to_none=True)
-            self._skip(f"gradient norm = {float(grad_norm)}")
+            self.scaler.update()  # halves the scale after an overflow
+            if not overflow:
+                self._skip(f"gradient norm = {float(grad_norm)}")
             return False
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # the optimizer's step (the scaler's inf check passed above)
+        self.scaler.update()
         return True
 
     def _skip(self, quantity: str) -> None:
@@ -423,11 +433,12 @@ class Agent(abc.ABC):
         return atomic_write_dir(directory, write, keep=keep)
 
     def _trainer_state(self) -> dict:
-        """Everything but the weights that the next iteration depends on: optimizer, every RNG
+        """Everything but the weights that the next iteration depends on: optimizer and loss scaler, every RNG
         (the sampler's generator, torch's, Python's, NumPy's and the env's), the adaptive-β state
         of a KL-shaped reward, progress, metrics so far, and which parameters train."""
         state = {
             "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),  # empty unless float16
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "python_rng": list(random.getstate()[1]),
@@ -457,6 +468,8 @@ class Agent(abc.ABC):
         for name, p in self.policy.named_parameters():
             p.requires_grad_(name in trainable)
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("grad_scaler"):  # absent before float16 had a scaler, empty when it is off
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and torch.cuda.is_available():
