@@ -111,9 +111,9 @@ class GRPO(Agent):
         c, mask = self.config, rollout.mask[rows]
         scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
         loss, kl = grpo_loss(
-            scored.logprobs, rollout.logprobs[rows], rollout.ref_logprobs[rows], b_advantages[rows], mask,
+            scored.logprobs, rollout.old_logprobs[rows], rollout.ref_logprobs[rows], b_advantages[rows], mask,
             clip_eps=c.clip_eps, beta=c.beta, kl_estimator=c.kl_estimator, length_normalization=c.length_normalization,
         )
-        approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[rows], mask, c.clip_eps)
+        approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.old_logprobs[rows], mask, c.clip_eps)
         return loss, {"loss": loss, "kl": masked_mean(kl, mask), "entropy": masked_mean(scored.entropy, mask),
                       "approx_kl": approx_kl, "clipfrac": clipfrac}

@@ -85,3 +85,47 @@ def test_float16_resume_restores_the_scaler_and_is_bit_identical(tmp_path):
     resumed.train_iteration()
     assert resumed.scaler.state_dict() == agent.scaler.state_dict()
     assert all(torch.equal(a, b) for a, b in zip(expected, resumed.policy.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------
+# bfloat16: π_ref and the policy under the same numerics
+# ---------------------------------------------------------------------------------------------
+
+
+def sentiment_agent(agent_class, config, **env_kwargs):
+    env = gym.make_vec("tokengym/Sentiment-v0", num_envs=16, **env_kwargs)
+    policy = Policy.from_pretrained(env.unwrapped.model, value_head=agent_class.needs_values,
+                                    autocast_dtype=torch.bfloat16)
+    return agent_class(env, config, policy=policy)
+
+
+def test_under_bf16_the_kl_penalty_is_zero_at_init_and_the_first_ppo_ratio_is_one():
+    """π_θ = π_ref at initialisation, so every KL is 0 and PPO's first ratio is 1, in bfloat16 as in
+    float32. With π_ref in float32 against a bf16 policy the penalty was off by up to 0.004 nats per
+    sequence; with the rollout's cached one-token log-probs as π_old, the first ratios were off by
+    up to 5% (bf16 rounds the cached steps and the teacher-forced forward differently)."""
+    agent = sentiment_agent(PPO, PPOConfig(seed=0), reward="kl-shaped")
+    assert agent.reference.autocast_dtype is torch.bfloat16
+    rollout = agent.collect()
+    mask = rollout.mask
+    assert rollout.components["kl_penalty"].abs().max() < 1e-6
+    assert torch.where(mask, rollout.logprobs - rollout.ref_logprobs, 0.0).abs().max() < 1e-6
+    with torch.no_grad():
+        rescored = agent.policy.score(rollout.input_ids, rollout.attention_mask, rollout.prompt_width).logprobs
+    assert torch.where(mask, rescored - rollout.old_logprobs, 0.0).abs().max() < 1e-6  # ratio 1
+    assert torch.where(mask, rollout.old_logprobs - rollout.logprobs, 0.0).abs().max() > 1e-3  # bf16 really rounds
+    stats = agent.update(rollout)  # one epoch, one minibatch: the loss is taken before the step
+    assert stats["approx_kl"] < 1e-9 and stats["clipfrac"] == 0
+
+
+def test_under_bf16_the_teacher_forced_reference_matches_the_policy_at_init():
+    """Without a KL reward the agent scores π_ref by teacher forcing, under the policy's autocast:
+    GRPO's KL term and the logged KL are exactly 0 before the first update."""
+    from tokengym.agents import GRPO, GRPOConfig
+
+    agent = sentiment_agent(GRPO, GRPOConfig(seed=0))
+    assert not agent.env.steps_reference
+    rollout = agent.collect()
+    assert torch.where(rollout.mask, rollout.old_logprobs - rollout.ref_logprobs, 0.0).abs().max() < 1e-6
+    stats = agent.update(rollout)
+    assert abs(stats["kl"]) < 1e-9 and stats["approx_kl"] < 1e-9
