@@ -48,6 +48,9 @@ class GRPOConfig(AgentConfig):
     kl_estimator: str = "k3"
     """Per-token KL estimator in the loss: 'k3' (default; gradient of KL(π_ref‖π_θ) per state),
     'k2' (gradient of KL(π_θ‖π_ref) per state) or 'k1' (zero expected gradient)."""
+    k3_max: float | None = 10.0
+    """Largest per-token k3 in the loss, > 0 (verl's and OpenRLHF's 10; None: unbounded): a token
+    π_θ made far rarer than π_ref weighs ρ⁻¹ and would dominate the step (lm/kl.py)."""
     clip_eps: float = 0.2
     """Ratio clip ε, > 0."""
     n_epochs: int = 1
@@ -66,6 +69,8 @@ class GRPOConfig(AgentConfig):
         check_range("group_size", self.group_size, 2, math.inf, integer=True, high_open=True)
         check_range("beta", self.beta, 0, math.inf, high_open=True)
         check_estimator(self.kl_estimator, in_reward=False, field="kl_estimator")
+        if self.k3_max is not None:
+            check_range("k3_max", self.k3_max, 0, math.inf, low_open=True, high_open=True)
         check_range("clip_eps", self.clip_eps, 0, math.inf, low_open=True, high_open=True)
         check_range("n_epochs", self.n_epochs, 1, math.inf, integer=True, high_open=True)
         check_range("n_minibatches", self.n_minibatches, 1, math.inf, integer=True, high_open=True)
@@ -73,12 +78,13 @@ class GRPOConfig(AgentConfig):
 
 
 def grpo_loss(
-    logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps, beta, kl_estimator, length_normalization
+    logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps, beta, kl_estimator, length_normalization,
+    k3_max=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``−J(θ)`` and the per-token KL: (B, T) token terms, (B,) advantages broadcast over tokens."""
     ratio = (logprobs - old_logprobs).exp()  # (B, T)
     surrogate = torch.minimum(ratio * advantages[:, None], ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages[:, None])
-    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)  # (B, T)
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator, k3_max=k3_max)  # (B, T)
     per_token = torch.where(mask, surrogate - beta * kl, 0.0)  # (B, T)
     lengths = mask.sum(-1).clamp(min=1) if length_normalization else mask.shape[1]
     return -(per_token.sum(-1) / lengths).mean(), kl
@@ -113,6 +119,7 @@ class GRPO(Agent):
         loss, kl = grpo_loss(
             scored.logprobs, rollout.old_logprobs[rows], rollout.ref_logprobs[rows], b_advantages[rows], mask,
             clip_eps=c.clip_eps, beta=c.beta, kl_estimator=c.kl_estimator, length_normalization=c.length_normalization,
+            k3_max=c.k3_max,
         )
         approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.old_logprobs[rows], mask, c.clip_eps)
         return loss, {"loss": loss, "kl": masked_mean(kl, mask), "entropy": masked_mean(scored.entropy, mask),
