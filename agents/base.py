@@ -279,12 +279,15 @@ class Agent(abc.ABC):
 
     def minibatches(self, n: int):
         """Split this iteration's global batch (``world_size × num_envs`` rows) into ``n`` shuffled
-        minibatches, the same on every rank; yields ``(this rank's rows of each, its global size)``
-        for :meth:`minibatch_step`, so N ranks take exactly the steps one process would."""
+        minibatches whose sizes differ by at most one, the same on every rank; yields ``(this rank's
+        rows of each, its global size)`` for :meth:`minibatch_step`, so N ranks take exactly the
+        steps one process would. (``chunk`` makes fewer than ``n`` pieces when ``n`` does not divide
+        the batch: 6 rows in 4 gave 3.)"""
         B = self.env.num_envs
         rank = self.env.shard[0]
+        check_range("n_minibatches", n, 1, self.world_size * B, integer=True)
         order = torch.randperm(self.world_size * B, generator=self.generator, device=self.generator.device)
-        for minibatch in order.chunk(n):
+        for minibatch in order.tensor_split(n):
             mine = minibatch[(minibatch >= rank * B) & (minibatch < (rank + 1) * B)] - rank * B
             yield mine.to(self.env.device), len(minibatch)
 
