@@ -117,8 +117,15 @@ class Agent(abc.ABC):
         distributed.broadcast_parameters(policy)  # every rank starts from rank 0's weights, as in DDP
         if policy.is_lora:  # π_ref is the policy's own base with adapters off: no second copy
             env.set_reference(Reference.adapters_off(policy.model, env.sampling.temperature))
+        # π_ref runs under the policy's autocast (the policy owns the numerics, the env π_ref), so
+        # the two differ by their weights alone, not by rounding
+        if env.reference.autocast_dtype != policy.autocast_dtype:
+            env.set_reference(env.reference.under_autocast(policy.autocast_dtype))
         self.reference: Reference = env.reference
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+        # float16 gradients below 6e-8 flush to zero: scale the loss up before backward and the
+        # gradients back down before clipping (Micikevicius et al. 2018). bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=policy.autocast_dtype == torch.float16)
         self.generator = torch.Generator(device=env.device).manual_seed(config.seed)
         self.iteration = 0
         self.episodes = 0
@@ -185,12 +192,15 @@ class Agent(abc.ABC):
 
     def minibatches(self, n: int):
         """Split this iteration's global batch (``world_size × num_envs`` rows) into ``n`` shuffled
-        minibatches, the same on every rank; yields ``(this rank's rows of each, its global size)``
-        for :meth:`minibatch_step`, so N ranks take exactly the steps one process would."""
+        minibatches whose sizes differ by at most one, the same on every rank; yields ``(this rank's
+        rows of each, its global size)`` for :meth:`minibatch_step`, so N ranks take exactly the
+        steps one process would. (``chunk`` makes fewer than ``n`` pieces when ``n`` does not divide
+        the batch: 6 rows in 4 gave 3.)"""
         B = self.env.num_envs
         rank = self.env.shard[0]
+        check_range("n_minibatches", n, 1, self.world_size * B, integer=True)
         order = torch.randperm(self.world_size * B, generator=self.generator, device=self.generator.device)
-        for minibatch in order.chunk(n):
+        for minibatch in order.tensor_split(n):
             mine = minibatch[(minibatch >= rank * B) & (minibatch < (rank + 1) * B)] - rank * B
             yield mine.to(self.env.device), len(minibatch)
 
@@ -227,7 +237,7 @@ class Agent(abc.ABC):
         if not torch.isfinite(loss):
             self._skip(f"loss = {float(loss.detach())}")
             return False
-        loss.backward()
+        self.scaler.scale(loss).backward()
         return True
 
     def _finish_step(self, finite: bool, device: torch.device) -> bool:
@@ -242,13 +252,20 @@ class Agent(abc.ABC):
         return False
 
     def _clip_and_step(self) -> bool:
-        """Clip the accumulated gradient and step, unless its norm is non-finite."""
+        """Unscale (float16) and clip the accumulated gradient and step, unless its norm is
+        non-finite. Under float16 an overflow at a loss scale above 1 is the scaler's signal to
+        halve the scale, not a non-finite update; at a scale of 1 or less it is one."""
+        self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
+            overflow = self.scaler.is_enabled() and self.scaler.get_scale() > 1
             self.optimizer.zero_grad(set_to_none=True)
-            self._skip(f"gradient norm = {float(grad_norm)}")
+            self.scaler.update()  # halves the scale after an overflow
+            if not overflow:
+                self._skip(f"gradient norm = {float(grad_norm)}")
             return False
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # the optimizer's step (the scaler's inf check passed above)
+        self.scaler.update()
         return True
 
     def _skip(self, quantity: str) -> None:

@@ -100,13 +100,14 @@ def load_agent(cls, directory: str | os.PathLike, env):
 
 # ------------------------------------------------------------------------------ trainer state
 def trainer_state(agent) -> dict:
-    """Everything but the weights that the agent's next iteration depends on: optimizer, every RNG
+    """Everything but the weights that the agent's next iteration depends on: optimizer and loss scaler, every RNG
     (the sampler's generator, torch's, Python's, NumPy's and the env's), the state of every reward
     in the env's reward tree (an adaptive β), progress, metrics so far, which parameters train, and
     the agent's own :meth:`~tokengym.agents.Agent.extra_state`."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "optimizer": agent.optimizer.state_dict(),
+        "grad_scaler": agent.scaler.state_dict(),  # empty unless float16
         "generator": agent.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "python_rng": list(random.getstate()[1]),
@@ -137,6 +138,8 @@ def restore_trainer_state(agent, state: dict) -> None:
     for name, p in agent.policy.named_parameters():
         p.requires_grad_(name in trainable)
     agent.optimizer.load_state_dict(state["optimizer"])
+    if state.get("grad_scaler"):  # absent before float16 had a scaler, empty when it is off
+        agent.scaler.load_state_dict(state["grad_scaler"])
     agent.generator.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
     if "cuda_rng" in state and torch.cuda.is_available():

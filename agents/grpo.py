@@ -55,6 +55,9 @@ class GRPOConfig(AgentConfig):
     """Passes over each batch (1 = on-policy, ratio ≡ 1 at the first step)."""
     n_minibatches: int = bounded(1, at_least=1, integer=True)
     """Minibatches per epoch (at most the batch size)."""
+    k3_max: float | None = bounded(10.0, above=0)
+    """Largest per-token k3 in the loss (verl's and OpenRLHF's 10; none: unbounded): a token π_θ
+    made far rarer than π_ref weighs ρ⁻¹ and would dominate the step (lm/kl.py)."""
     adv_eps: float = bounded(1e-4, above=0)
     """ε in (r − mean)/(std + ε): keeps groups of equal rewards at advantage 0."""
     scale_rewards: bool = True
@@ -68,13 +71,14 @@ class GRPOConfig(AgentConfig):
 
 
 def grpo_loss(
-    logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps, beta, kl_estimator, length_normalization
+    logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps, beta, kl_estimator, length_normalization,
+    k3_max=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(−J(θ), its clipped-surrogate part (detached, for the log), the (B, T) per-token KL)`` from
     (B, T) token terms and (B,) advantages broadcast over tokens."""
     ratio = (logprobs - old_logprobs).exp()  # (B, T)
     surrogate = torch.minimum(ratio * advantages[:, None], ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages[:, None])
-    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)  # (B, T)
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator, k3_max=k3_max)  # (B, T)
     per_token = torch.where(mask, surrogate - beta * kl, 0.0)  # (B, T)
     lengths = mask.sum(-1).clamp(min=1) if length_normalization else mask.shape[1]
     pg_loss = -(torch.where(mask, surrogate.detach(), 0.0).sum(-1) / lengths).mean()
@@ -102,9 +106,10 @@ class GRPO(Agent):
         c, mask = self.config, rollout.mask[rows]
         scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
         loss, pg_loss, kl = grpo_loss(
-            scored.logprobs, rollout.logprobs[rows], rollout.ref_logprobs[rows], b_advantages[rows], mask,
+            scored.logprobs, rollout.old_logprobs[rows], rollout.ref_logprobs[rows], b_advantages[rows], mask,
             clip_eps=c.clip_eps, beta=c.beta, kl_estimator=c.kl_estimator, length_normalization=c.length_normalization,
+            k3_max=c.k3_max,
         )
-        approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[rows], mask, c.clip_eps)
+        approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.old_logprobs[rows], mask, c.clip_eps)
         return loss, {"loss": loss, "pg_loss": pg_loss, "kl": masked_mean(kl, mask), "entropy": masked_mean(scored.entropy, mask),
                       "approx_kl": approx_kl, "clipfrac": clipfrac}

@@ -14,9 +14,10 @@ the same deterministic function, so :meth:`Policy.train` leaves the wrapped mode
 (TRL disables dropout for the same reason).
 
 Log-probs and sampling filters follow :class:`~tokengym.lm.sampling.SamplingConfig`, which an
-agent takes from its env (the env's one source of truth for the temperature): every log-prob is
-``log_softmax(logits / temperature)[a]`` of the unfiltered distribution, exactly what ``score``
-re-computes and what the env's reference is scored with.
+agent takes from its env (the env's one source of truth for the temperature, top-k and top-p):
+every log-prob is that of the distribution the actions are drawn from,
+``log_softmax(filter(logits / temperature))[a]``, in ``act`` and ``score`` alike; the env's
+reference is scored at the same temperature, unfiltered (docs/kl.md, "Top-k and top-p").
 
 Mixed precision (``autocast_dtype``): the LM forwards of both phases run under ``torch.autocast``
 while the parameters, the optimizer and the value head stay float32 (master weights), unlike a
@@ -37,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from tokengym.lm.cached_lm import CachedLM
 from tokengym.lm.loading import load_causal_lm, vocab_width
 from tokengym.lm.lora import LoRAConfig, apply_lora, is_peft_model
-from tokengym.lm.sampling import SamplingConfig, filter_logits, sample
+from tokengym.lm.sampling import SamplingConfig, sample
 from tokengym.lm.scoring import forward_responses, gather_logprobs
 
 __all__ = ["Policy", "PolicyStep", "Scored", "check_autocast"]
@@ -54,7 +55,7 @@ class PolicyStep(NamedTuple):
     actions: torch.Tensor
     """(B,) int64 sampled token ids."""
     logprobs: torch.Tensor
-    """(B,) float log π_θ(a_t|s_t) under the unfiltered temperature-scaled distribution."""
+    """(B,) float log π_θ(a_t|s_t) under the sampled (temperature-scaled, filtered) distribution."""
     values: torch.Tensor | None
     """(B,) float V(s_t), or None without a value function."""
 
@@ -65,7 +66,7 @@ class Scored(NamedTuple):
     logprobs: torch.Tensor
     """(B, T) log π_θ(a_t|s_t) of the buffer's response tokens, with gradients."""
     entropy: torch.Tensor
-    """(B, T) entropy of π_θ(·|s_t) (temperature-scaled, unfiltered)."""
+    """(B, T) entropy of π_θ(·|s_t), the sampled (temperature-scaled, filtered) distribution."""
     values: torch.Tensor | None
     """(B, T) V(s_t), the state before response token t, or None without a value function."""
 
@@ -287,13 +288,8 @@ class Policy(torch.nn.Module):
         data-parallel batch (:func:`~tokengym.lm.sampling.sample`)."""
         if self._logits is None:
             raise RuntimeError("Policy.act called before Policy.begin(prompt_ids, prompt_mask)")
-        sampling = self.sampling
-        logprobs_all = sampling.logprobs(self._logits)  # (B, V) log_softmax(logits / τ)
-        if sampling.top_k or sampling.top_p < 1:
-            probs = filter_logits(logprobs_all, sampling.top_k, sampling.top_p).softmax(dim=-1)  # (B, V)
-        else:
-            probs = logprobs_all.exp()  # (B, V)
-        actions = sample(probs, generator, shard)  # (B,)
+        logprobs_all = self.sampling.logprobs(self._logits)  # (B, V) log_softmax(filter(logits / τ))
+        actions = sample(logprobs_all.exp(), generator, shard)  # (B,)
         logprobs = gather_logprobs(logprobs_all, actions)  # (B,)
         return PolicyStep(actions, logprobs, self._rollout_values())
 
@@ -329,9 +325,13 @@ class Policy(torch.nn.Module):
             logits, hidden = forward_responses(
                 self.model, input_ids, attention_mask, P, output_hidden_states=shared_value
             )  # (B, T, V), (B, P+T, H) or None
-        logprobs_all = self.sampling.logprobs(logits)  # (B, T, V)
-        logprobs = gather_logprobs(logprobs_all, input_ids[:, P:])  # (B, T)
-        entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)  # (B, T)
+        actions = input_ids[:, P:]  # (B, T)
+        logprobs_all = self.sampling.logprobs(logits, keep=actions)  # (B, T, V) the sampled distribution
+        logprobs = gather_logprobs(logprobs_all, actions)  # (B, T)
+        probs = logprobs_all.exp()  # (B, T, V)
+        # −Σ p log p over the support: 0·(−inf) is NaN in the value, and torch.special.entr's
+        # gradient −(1 + log p) is inf at p = 0, which times ∂p = 0 is NaN in the backward
+        entropy = -(probs * logprobs_all.masked_fill(probs == 0, 0.0)).sum(-1)  # (B, T)
 
         values = None
         if self.value_head is not None:

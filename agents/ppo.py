@@ -92,7 +92,7 @@ class PPO(Agent):
         """The clipped objective, value loss and entropy bonus: the mean over episodes ``rows``."""
         c, mask = self.config, rollout.mask[rows]
         scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
-        pg_loss = ppo_clip_loss(scored.logprobs, rollout.logprobs[rows], b_advantages[rows], mask, c.clip_eps)
+        pg_loss = ppo_clip_loss(scored.logprobs, rollout.old_logprobs[rows], b_advantages[rows], mask, c.clip_eps)
         value_error = (scored.values - b_returns[rows]) ** 2  # (b, T)
         if c.value_clip is not None:  # clip the value change, as in PPO2/cleanrl
             old_values = rollout.values[rows]
@@ -100,7 +100,7 @@ class PPO(Agent):
             value_error = torch.maximum(value_error, (clipped_values - b_returns[rows]) ** 2)
         value_loss = 0.5 * sequence_sum_mean(value_error, mask)
         entropy = sequence_sum_mean(scored.entropy, mask)
-        approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.logprobs[rows], mask, c.clip_eps)
+        approx_kl, clipfrac = approx_kl_and_clipfrac(scored.logprobs.detach() - rollout.old_logprobs[rows], mask, c.clip_eps)
         loss = pg_loss + c.value_coef * value_loss - c.entropy_coef * entropy
         return loss, {"loss": loss, "pg_loss": pg_loss, "value_loss": value_loss, "approx_kl": approx_kl, "clipfrac": clipfrac,
                       "entropy": masked_mean(scored.entropy.detach(), mask)}  # logged per token

@@ -33,7 +33,13 @@ class Rollout:
     mask: torch.Tensor
     """(B, T) bool, True on valid response steps."""
     logprobs: torch.Tensor
-    """(B, T) log π_θold(a_t|s_t) from the rollout."""
+    """(B, T) log π_θold(a_t|s_t) from the rollout: what the env's KL penalty and the logged KL used."""
+    old_logprobs: torch.Tensor
+    """(B, T) log π_θold(a_t|s_t) as :meth:`Policy.score` computes it, the ratios' denominator:
+    ``logprobs`` itself in float32 (the cached steps reproduce teacher forcing to ~1e-6); under
+    autocast one teacher-forced pass, because half precision rounds the one-token cached steps and
+    the full forward differently (by up to 0.05 nats per token on the embedded model in bfloat16),
+    and PPO's first ratio must be 1."""
     ref_logprobs: torch.Tensor
     """(B, T) log π_ref(a_t|s_t) at the env's temperature: the env's per-step numbers when it
     stepped π_ref for a KL-shaped reward, else one teacher-forced pass of the same reference."""
@@ -89,11 +95,15 @@ def play_episodes(
     mask = attention_mask[:, P:]  # (B, T)
     if ref_logprobs is None:  # the env did not step π_ref: score the episodes once
         ref_logprobs = env.reference.score(input_ids, attention_mask, P) if score_reference else torch.zeros_like(logprobs)
+    old_logprobs = logprobs
+    if policy.autocast_dtype is not None:  # see Rollout.old_logprobs
+        old_logprobs = policy.score(input_ids, attention_mask, P).logprobs  # (B, T)
     last_step = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1)
     rewards.scatter_add_(1, last_step, late_rewards[:, None])  # a late payment belongs to the row's last step
     return Rollout(
         input_ids=input_ids, attention_mask=attention_mask, prompt_width=P, mask=mask,
-        logprobs=torch.where(mask, logprobs, 0.0), ref_logprobs=torch.where(mask, ref_logprobs, 0.0),
+        logprobs=torch.where(mask, logprobs, 0.0), old_logprobs=torch.where(mask, old_logprobs, 0.0),
+        ref_logprobs=torch.where(mask, ref_logprobs, 0.0),
         values=values, rewards=rewards, components=info["reward_components"],
     )
 

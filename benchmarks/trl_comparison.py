@@ -98,6 +98,14 @@ def _tokengym_agent(seed: int):
     return GRPO(envs, config)
 
 
+def _activation_checkpointing(model) -> bool:
+    """Does ``model`` recompute activations? transformers 5 renamed ``is_gradient_checkpointing``
+    (deprecated there) to ``is_activation_checkpointing``."""
+    if hasattr(model, "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
 def run_seed(seed: int, episodes: int, workdir: str) -> dict:
     """Train both sides for ``episodes`` episodes on ``seed``, interleaved; returns the record."""
     trl = _import_trl()
@@ -188,7 +196,7 @@ def run_seed(seed: int, episodes: int, workdir: str) -> dict:
         "episodes": steps * BATCH,
         "steps": steps,
         "torch_threads": threads,
-        "trl_activation_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+        "trl_activation_checkpointing": _activation_checkpointing(trainer.model),
         "trl_param_dtype": str(next(trainer.model.parameters()).dtype),
         "setup_s": {"tokengym": tokengym_setup_s, "trl": trl_setup_s},
         "rounds": rounds,

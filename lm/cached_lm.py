@@ -8,11 +8,15 @@ the positions used here, so rollout and re-scored log-probs agree.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import transformers
 from transformers import DynamicCache
 
-__all__ = ["CachedLM", "positions_from_mask", "takes_prepared_mask"]
+from tokengym.lm.lora import is_peft_model
+
+__all__ = ["CachedLM", "cache_keyword", "positions_from_mask", "takes_prepared_mask"]
 
 _PREPARED_MASK_MODELS = ("gpt2", "llama", "qwen2", "gpt_neox", "phi", "mistral")
 """Model types checked (tests/test_models.py) to use a ready 4D mask as is: full causal attention,
@@ -38,6 +42,16 @@ def takes_prepared_mask(model: torch.nn.Module) -> bool:
     )
 
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name ``model``'s forward takes its KV cache by, which is also the name of the output's
+    field: ``cache`` from transformers 5.24, which deprecates ``past_key_values`` (to be removed in
+    5.40); ``past_key_values`` before 5.24, and in remote code that still declares it. Read from the
+    signature (of a PEFT model's base, whose forward it passes keywords to), not the version,
+    because models move to the new name one by one."""
+    forward = (model.get_base_model() if is_peft_model(model) else model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, L) position ids: running count of real tokens minus one (pads get 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
@@ -60,6 +74,7 @@ class CachedLM:
         self.model = model
         self.output_hidden_states = output_hidden_states
         self.cache: DynamicCache | None = None
+        self.cache_keyword = cache_keyword(model)
         self.attention_mask: torch.Tensor | None = None  # (B, P+t) long
         self.prepared_mask = takes_prepared_mask(model)
         self.next_positions: torch.Tensor | None = None  # (B, 1) position of the next token
@@ -70,12 +85,12 @@ class CachedLM:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=self.cache,
             use_cache=True,
             output_hidden_states=self.output_hidden_states,
             logits_to_keep=1,
+            **{self.cache_keyword: self.cache},
         )
-        self.cache = out.past_key_values
+        self.cache = out[self.cache_keyword]
         if self.output_hidden_states:
             self.last_hidden = out.hidden_states[-1][:, -1]  # (B, H)
         return out.logits[:, -1].float()  # (B, V)

@@ -93,14 +93,19 @@ def all_ranks(flag: bool | torch.Tensor, device: str | torch.device = "cpu") -> 
 
 def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     """Replace each gradient by its sum over ranks, in one flat bucket per dtype (a missing
-    gradient counts as zero, so ranks that did no backward still take part)."""
+    gradient counts as zero, so ranks that did no backward still take part).
+
+    The buckets are reduced in the order of their dtypes' names: every rank must issue the same
+    collectives in the same order, and a set of dtypes iterates in an order that differs between
+    interpreters (dtypes hash by address), which paired one rank's bfloat16 bucket with another's
+    float32 bucket."""
     if not is_distributed():
         return
     params = [p for p in parameters if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    for dtype in {p.grad.dtype for p in params}:
+    for dtype in sorted({p.grad.dtype for p in params}, key=str):
         grads = [p.grad for p in params if p.grad.dtype == dtype]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)

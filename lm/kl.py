@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ESTIMATORS", "REWARD_ESTIMATORS", "kl_estimate", "check_estimator"]
+__all__ = ["ESTIMATORS", "REWARD_ESTIMATORS", "LOG_RATIO_BOUND", "kl_estimate", "check_estimator"]
 
 ESTIMATORS = ("k1", "k2", "k3")
 """Valid in a loss (see the module docstring for the divergence each one's gradient follows)."""
 REWARD_ESTIMATORS = ("k1",)
 """Valid in a reward."""
+LOG_RATIO_BOUND = 20.0
+"""|log ρ| inside a bounded k3 (verl's and OpenRLHF's value): ρ⁻¹ ≤ e²⁰ stays finite in float32, so
+a clamped token's gradient is 0, not inf·0."""
 
 
 def check_estimator(kind: str, *, in_reward: bool, field: str = "estimator") -> str:
@@ -42,13 +45,24 @@ def check_estimator(kind: str, *, in_reward: bool, field: str = "estimator") -> 
     return kind
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """Per-sample estimate of KL(π_θ ‖ π_ref) from log-probs of tokens sampled from π_θ."""
+def kl_estimate(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1", k3_max: float | None = None
+) -> torch.Tensor:
+    """Per-sample estimate of KL(π_θ ‖ π_ref) from log-probs of tokens sampled from π_θ.
+
+    ``k3_max`` bounds k3 in a loss: log ρ is clamped to ±:data:`LOG_RATIO_BOUND`, then k3 to at
+    most ``k3_max`` (verl's ``kl_penalty`` "low_var_kl" and OpenRLHF's ``compute_approx_kl`` "k3"
+    use 20 and 10). k3's gradient in log π_θ is ``1 − ρ⁻¹``, so one token that π_θ made e^30 rarer
+    than π_ref would otherwise outweigh a whole batch; a clamped token adds at most ``k3_max`` and
+    no gradient. The expected gradient is then ∇KL(π_ref‖π_θ) only over tokens below the bound."""
     log_ratio = logprobs - ref_logprobs  # log ρ
     if kind == "k1":
         return log_ratio
     if kind == "k2":
         return 0.5 * log_ratio.pow(2)
     if kind == "k3":
-        return torch.expm1(-log_ratio) + log_ratio  # ρ⁻¹ − 1 + log ρ
+        if k3_max is None:
+            return torch.expm1(-log_ratio) + log_ratio  # ρ⁻¹ − 1 + log ρ
+        log_ratio = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+        return (torch.expm1(-log_ratio) + log_ratio).clamp(max=k3_max)
     raise ValueError(f"unknown KL estimator {kind!r}; valid: {', '.join(ESTIMATORS)}")

@@ -35,6 +35,7 @@ def forward_responses(
         position_ids=positions_from_mask(attention_mask),  # (B, P+T)
         output_hidden_states=output_hidden_states,
         logits_to_keep=T + 1,  # columns P-1 .. P+T-1; the last one predicts past the buffer
+        use_cache=False,  # one pass: a KV cache would only hold memory
     )
     hidden = out.hidden_states[-1] if output_hidden_states else None  # (B, P+T, H)
     return (out.logits[:, :-1] if logits else None), hidden  # (B, T, V)

@@ -12,7 +12,9 @@ it one token per action because this reward declares ``needs_reference``, and pa
 """
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +35,18 @@ BENCHMARKS.md (kl-sentiment)."""
 
 @dataclass
 class AdaptiveKL:
-    """Proportional controller for β (Ziegler et al. 2019, §2.2):
-    ``e = clip(KL / target − 1, −0.2, 0.2)``, ``β ← β · (1 + e · n_steps / horizon)``."""
+    """Proportional controller for β (Ziegler et al. 2019, §2.2), in log space and bounded:
+    ``e = clip(KL / target − 1, −0.2, 0.2)``, ``β ← β · exp(e · min(n_steps, horizon) / horizon)``.
+
+    Ziegler et al. update ``β ← β(1 + K_β e)`` once per batch; TRL's ``AdaptiveKLController``
+    (and verl's) scale the gain by the batch, ``β ← β(1 + e·n/horizon)``, which reaches 0 at
+    ``n = 5·horizon`` (and stays there: the controller is multiplicative) and turns β negative beyond,
+    so that the penalty pays the policy to leave π_ref. Here the same first-order step is taken in
+    log β: ``exp`` keeps β > 0 for any step, and ``k`` updates of ``n/k`` episodes equal one of ``n``
+    (the step does not depend on how episodes are split into batches or ranks). One KL reading
+    moves log β by at most ``|e| ≤ 0.2``, one horizon's worth: a larger batch measures the KL more
+    precisely but does not justify extrapolating it over several horizons, and the bound keeps β
+    finite whatever ``n_steps``."""
 
     init_beta: float
     """Starting β (> 0; a multiplicative controller cannot leave 0)."""
@@ -55,8 +67,12 @@ class AdaptiveKL:
         self.value = float(self.init_beta)
 
     def update(self, current_kl: float, n_steps: int) -> float:
+        if math.isnan(current_kl):
+            raise ValueError(f"AdaptiveKL.update: current_kl must be a number (KL ≥ 0, or inf), got {current_kl}")
+        if not n_steps > 0:
+            raise ValueError(f"AdaptiveKL.update: n_steps must be > 0, got {n_steps}")
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        self.value *= math.exp(error * min(n_steps, self.horizon) / self.horizon)
         return self.value
 
 
@@ -199,7 +215,9 @@ class KLShaped:
         if self._finished is not None:
             if self.controller is not None:
                 finished_kl, finished = self._finished_window()
-                if finished:
+                if finished and math.isnan(finished_kl):  # a NaN penalty: the agent skips this update too
+                    warnings.warn("the episodes' mean KL is NaN; adaptive β left unchanged", RuntimeWarning, stacklevel=2)
+                elif finished:
                     self.controller.update(finished_kl / finished, finished if n_steps is None else n_steps)
             self._finished_kl.zero_()
             self._finished.zero_()

@@ -1,7 +1,13 @@
-"""Shared fixtures: tiny models and tokenizers built from configs (no downloads, no network)."""
+"""Shared fixtures: tiny models and tokenizers built from configs (no downloads, no network); and
+the warnings policy: a DeprecationWarning or FutureWarning that our own call causes fails the test."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +66,85 @@ def tiny_lm():
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Deprecations caused by our own calls are errors
+# ---------------------------------------------------------------------------------------------
+# setup.cfg lets every DeprecationWarning and FutureWarning through ("always"); this hook decides.
+# A module filter (error::FutureWarning:tokengym) cannot: it matches the module a warning is
+# attributed to by `stacklevel`, and transformers' deprecate_kwarg points at its own wrapper, not at
+# our call. So the stack is walked instead: from the frame that issued the warning, past the
+# issuing library's own frames and call plumbing, to the first other frame. If that is ours (this
+# repository, outside any site-packages) our call caused the warning, and it is raised as an error
+# where it was issued; if it is another library, that library's call caused it.
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPRECATIONS = (DeprecationWarning, FutureWarning)
+PLUMBING = {"warnings", "functools", "contextlib", "torch.nn.modules.module", "torch.utils._contextlib"}
+"""Modules that only forward a call (nn.Module.__call__, decorators): not who made it."""
+THIRD_PARTY = [
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated",
+     "peft 0.21's PeftModel.__init__ reads it from the transformers 5.x model"),
+]
+"""Known deprecations that one library's call into another causes: dropped, not recorded. Checked
+first, so a false attribution (a C-level warning whose issuing frame is a library's Python code)
+can be listed here too."""
+
+
+def _is_ours(frame) -> bool:
+    path = Path(frame.f_code.co_filename)
+    return path.is_relative_to(ROOT) and "site-packages" not in path.parts
+
+
+def _module(frame) -> str:
+    return frame.f_globals.get("__name__", "")
+
+
+def caused_by_our_call(frame) -> bool:
+    """``frame``: where the warning machinery was entered. Is the first caller outside the issuing
+    library (and plumbing) our code?"""
+    while frame is not None and _module(frame) in PLUMBING:
+        frame = frame.f_back  # up to the frame that called warnings.warn (or the C function that warned)
+    if frame is None:
+        return False
+    issuer = _module(frame).split(".")[0]
+    while frame is not None:
+        if _is_ours(frame):
+            return True
+        if _module(frame) not in PLUMBING and _module(frame).split(".")[0] != issuer:
+            return False
+        frame = frame.f_back
+    return False
+
+
+@contextlib.contextmanager
+def deprecations_from_our_calls_fail():
+    record = warnings._showwarnmsg_impl  # pytest's recorder inside its catch_warnings
+
+    def show(message: warnings.WarningMessage) -> None:
+        if issubclass(message.category, DEPRECATIONS):
+            if any(issubclass(message.category, category) and re.search(pattern, str(message.message))
+                   for category, pattern, _ in THIRD_PARTY):
+                return
+            if caused_by_our_call(sys._getframe(1)):
+                raise message.message
+        record(message)
+
+    warnings._showwarnmsg_impl = show
+    try:
+        yield
+    finally:
+        warnings._showwarnmsg_impl = record
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item):
+    with deprecations_from_our_calls_fail():  # inside pytest's own catch_warnings for the item
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    with deprecations_from_our_calls_fail():  # imports of our modules
+        return (yield)

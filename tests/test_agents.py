@@ -114,6 +114,47 @@ def test_grpo_loss_matches_the_per_sequence_length_normalised_objective():
     assert loss.item() == pytest.approx(-advantages.mean().item() + 0.1 * k3.item() / 3 / 2, rel=1e-6)
 
 
+def test_grpo_k3_term_is_bounded_so_one_rare_token_cannot_dominate_a_step():
+    """A token whose π_θ fell e^30 below π_ref: unbounded, its k3 (ρ⁻¹ ≈ 1e13) swamps the whole
+    loss and its gradient; clamped as verl and OpenRLHF clamp k3 (log ρ to ±20, k3 to ≤ 10) it adds at
+    most β·10/|o| and no gradient, and every other token's gradient is what it was."""
+    agent = GRPO(calibration_env(num_envs=8), GRPOConfig(group_size=4, seed=1))
+    assert agent.config.k3_max == 10.0
+    rollout = agent.collect()
+    rows = torch.arange(8)
+    advantages = group_advantages(rollout.scores, 4, agent.config.adv_eps)
+
+    def loss_and_gradient(ref_logprobs):
+        rollout.ref_logprobs = ref_logprobs
+        loss, stats = agent.loss(rollout, advantages, rows)
+        agent.policy.zero_grad()
+        loss.backward()
+        return loss.item(), stats["kl"].item(), torch.cat([p.grad.flatten() for p in agent.policy.parameters()])
+
+    calm_ref = rollout.old_logprobs.clone()  # π_ref = π_θ: k3 = 0 on every token
+    rare_ref = calm_ref.clone()
+    rare_ref[0, 0] += 30.0  # log ρ = −30 on one token
+    calm_loss, _, calm_grad = loss_and_gradient(calm_ref)
+    rare_loss, rare_kl, rare_grad = loss_and_gradient(rare_ref)
+    tokens = int(rollout.mask[0].sum())
+    assert rare_loss - calm_loss == pytest.approx(agent.config.beta * 10.0 / tokens / 8, rel=1e-5)
+    assert rare_kl <= 10.0 / int(rollout.mask.sum()) + 1e-6
+    torch.testing.assert_close(rare_grad, calm_grad, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="k3_max"):
+        GRPOConfig(k3_max=0.0)
+
+
+def test_minibatches_are_as_many_as_asked_and_cover_the_batch_once():
+    """6 episodes in 4 minibatches: 2, 2, 1, 1 (chunk(4) gave 3 minibatches of 2)."""
+    agent = PPO(calibration_env(num_envs=6), PPOConfig(n_minibatches=4))
+    parts = list(agent.minibatches(4))
+    assert [size for _, size in parts] == [2, 2, 1, 1]
+    assert sorted(torch.cat([rows for rows, _ in parts]).tolist()) == list(range(6))
+    for n in (0, 7):
+        with pytest.raises(ValueError, match=rf"n_minibatches must be an integer in \[1, 6\], got {n}"):
+            list(agent.minibatches(n))
+
+
 def test_grpo_advantages_used_by_the_agent_match_the_formula():
     agent = GRPO(calibration_env(num_envs=8), GRPOConfig(group_size=4))
     rollout = agent.collect()

@@ -96,11 +96,41 @@ def test_unknown_estimator_lists_the_valid_ones():
 @pytest.mark.parametrize(
     "kl, error", [(9.0, 0.2), (6.6, 0.1), (6.0, 0.0), (5.4, -0.1), (3.0, -0.2), (0.0, -0.2), (60.0, 0.2)]
 )
-def test_adaptive_controller_moves_beta_by_exactly_beta_e_n_over_horizon(kl, error):
+def test_adaptive_controller_moves_log_beta_by_exactly_e_n_over_horizon(kl, error):
     ctl = AdaptiveKL(init_beta=0.1, target=6.0, horizon=10_000)
     new = ctl.update(kl, n_steps=256)
-    assert new == pytest.approx(0.1 + 0.1 * error * 256 / 10_000, rel=1e-12)
+    assert new == pytest.approx(0.1 * math.exp(error * 256 / 10_000), rel=1e-12)
     assert ctl.value == new
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 129, 640, 1024, 10**6, 10**15])
+@pytest.mark.parametrize("kl", [0.0, 1e-300, 1.0, 6.0, 7.5, 1e6, 1e300, math.inf])
+def test_adaptive_beta_stays_positive_and_finite_for_any_batch_and_any_kl(n, kl):
+    """β ← β·exp(e·min(n, horizon)/horizon): never 0, negative or infinite. The linear update
+    β·(1 + e·n/horizon) reached 0 at n = 640 and −0.033 at n = 1,024 (β₀ = 0.055, KL 1, target 6,
+    horizon 128), after which the KL penalty paid the policy to leave π_ref."""
+    ctl = AdaptiveKL(init_beta=0.055, target=6.0, horizon=128)
+    error = min(max(kl / 6.0 - 1, -0.2), 0.2)
+    assert ctl.update(kl, n) == pytest.approx(0.055 * math.exp(error * min(n, 128) / 128), rel=1e-12)
+    for _ in range(1000):  # a long run of extreme batches stays inside (0, inf) as well
+        value = ctl.update(kl, n)
+        assert 0 < value < math.inf
+
+
+def test_adaptive_beta_update_is_the_same_in_one_batch_or_several_within_a_horizon():
+    """The exponential update composes: n episodes in one update or in k updates of n/k (same
+    error) give the same β, so β does not depend on how a run splits its episodes into batches
+    or over ranks (up to one horizon per update)."""
+    one, split = AdaptiveKL(0.055, 6.0, 128), AdaptiveKL(0.055, 6.0, 128)
+    one.update(1.0, 128)
+    for _ in range(4):
+        split.update(1.0, 32)
+    assert split.value == pytest.approx(one.value, rel=1e-12)
+
+
+def test_adaptive_controller_refuses_a_nan_kl():
+    with pytest.raises(ValueError, match="current_kl.*nan"):
+        AdaptiveKL(0.055, 6.0, 128).update(math.nan, 64)
 
 
 @pytest.mark.parametrize("kw", [dict(init_beta=0.0), dict(target=0.0), dict(horizon=0), dict(init_beta=-1.0)])
@@ -349,7 +379,7 @@ def test_update_beta_feeds_the_mean_episode_kl_to_the_controller():
     run_env_episode(make_env(policy, reward, ref_model=ref), policy_logprobs=policy_lp)
     kl = reward.mean_episode_kl()
     assert kl is not None and kl > 1e-6
-    assert reward.update_beta() == pytest.approx(0.1 * (1 + 0.2 * 3 / 30))  # 3 episodes finished
+    assert reward.update_beta() == pytest.approx(0.1 * math.exp(0.2 * 3 / 30))  # 3 episodes finished
     assert reward.mean_episode_kl() is None  # window restarted
     fixed = KLShaped(Zero(), beta=0.3)
     assert fixed.update_beta() == 0.3

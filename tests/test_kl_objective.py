@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import warnings
 
 import gymnasium as gym
 import pytest
@@ -141,9 +140,9 @@ def live_models() -> set[int]:
     from transformers import GenerationMixin, PreTrainedModel
 
     gc.collect()
-    with warnings.catch_warnings():  # isinstance on torch.distributed's deprecated aliases warns
-        warnings.simplefilter("ignore")
-        return {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel) and isinstance(o, GenerationMixin)}
+    # type(o), not isinstance(o, ...): isinstance reads o.__class__, which on torch.distributed's
+    # deprecated reduce_op alias raises a FutureWarning
+    return {id(o) for o in gc.get_objects() if issubclass(type(o), PreTrainedModel) and issubclass(type(o), GenerationMixin)}
 
 
 @pytest.mark.parametrize("name", list(AGENTS))

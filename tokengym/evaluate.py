@@ -31,6 +31,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 256, seed: int = EVAL_S
 
     from tokengym.agents.policy import Policy
     from tokengym.lm.errors import UsageError
+    from tokengym.lm.io import finish_replace
     from tokengym.settings import plan, resolve
     from tokengym.train import reward_model_reward
 
@@ -39,6 +40,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 256, seed: int = EVAL_S
         resolved = resolve({}, str(run_dir))
     except UsageError as exc:
         raise UsageError(str(exc).replace("--resume", "--run", 1)) from None
+    finish_replace(run_dir)  # a final save a crash cut short: complete it first
     if not (run_dir / "policy").is_dir():
         raise UsageError(f"--run {run_dir}: expected a finished run (it has no policy/ yet)")
     if device is not None:

@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from tokengym.lm.io import atomic_write_dir
+from tokengym.lm.io import atomic_write_dir, finish_replace
 from tokengym.lm.loading import load_causal_lm
 
 __all__ = ["add_cli", "export_merged"]
@@ -25,6 +25,8 @@ def export_merged(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, tru
     exist or be empty; it is written to a temporary sibling and renamed into place.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if run_dir.is_dir():
+        finish_replace(run_dir)  # a final save a crash cut short: complete it first
     policy_dir = run_dir / "policy"
     if not (policy_dir / "config.json").is_file() and not (policy_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{run_dir} holds no saved policy (expected {policy_dir}/config.json or adapter_config.json)")

@@ -26,7 +26,7 @@ import torch
 from tokengym.agents import AGENTS
 from tokengym.flags import add_agent_flags, add_flags, given_flags
 from tokengym.lm.errors import UsageError, bad_value
-from tokengym.lm.io import atomic_write_file, write_json
+from tokengym.lm.io import atomic_write_file, finish_replace, replace_entries, write_json
 from tokengym.lm.loading import hub_progress_bars
 from tokengym.settings import (
     METRICS_FILE, RUN_FILE, RUN_LEVEL_AGENT_FIELDS, TIMING_FIELDS, Plan, Resolved, TrainSettings, absolute_paths, plan,
@@ -122,6 +122,8 @@ def _run(resolved: Resolved, plan_: Plan, progress: bool) -> list[dict]:
     writer = rank == 0  # the one process that writes files and speaks
     run_id = _run_id(resolved)
     path = None
+    if resolved.resuming and writer:
+        finish_replace(run_dir)  # a final save a crash cut short: complete it (or leave the old one) first
     if resolved.resuming:  # choose the checkpoint before loading anything
         path, skipped = checkpoint.newest_valid(run_dir, run_id, plan_.agent_class.__name__)
         if path is None and skipped:
@@ -290,16 +292,10 @@ def show_samples(learner) -> None:
 
 
 def _save_final(learner, run_dir: Path) -> None:
-    """``policy/``, ``reference/`` and the agent's resumable state, each renamed into ``run_dir``."""
-    import shutil
-
-    staging = learner.save(run_dir / ".final.tmp")
-    for child in staging.iterdir():
-        target = run_dir / child.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(child, target)
-    staging.rmdir()
+    """``policy/``, ``reference/`` and the agent's resumable state replace the old ones in
+    ``run_dir`` as one transaction (:func:`~tokengym.lm.io.replace_entries`): after a crash, a
+    reader sees all the old ones or all the new ones."""
+    replace_entries(run_dir, learner.save(run_dir / ".final.tmp"))
 
 
 def train(env_id: str, agent: str, *, episodes: int, out: str | Path, progress: bool = True, **options) -> list[dict]:

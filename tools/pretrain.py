@@ -345,18 +345,21 @@ def kv_cache_tokens_per_second(model, *, batch_size: int = 32, prompt_len: int =
     """Generated tokens per second (all rows) when stepping one token per call with a KV cache."""
     from transformers import DynamicCache
 
+    from tokengym.lm.cached_lm import cache_keyword
+
     model.eval()
+    key = cache_keyword(model)  # `cache` from transformers 5.24, `past_key_values` before
     gen = torch.Generator().manual_seed(seed)
     V = model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(1, V, (batch_size, prompt_len), generator=gen)  # no eos/pad in the prompt
     cache = DynamicCache()
     pos = torch.arange(prompt_len)[None].expand(batch_size, -1)
-    out = model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True)
+    out = model(input_ids=ids, position_ids=pos, use_cache=True, **{key: cache})
     t0 = time.perf_counter()
     for t in range(new_tokens):
         nxt = torch.multinomial(torch.softmax(out.logits[:, -1].float(), -1), 1, generator=gen)
         pos = torch.full((batch_size, 1), prompt_len + t)
-        out = model(input_ids=nxt, position_ids=pos, past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids=nxt, position_ids=pos, use_cache=True, **{key: out[key]})
     return batch_size * new_tokens / (time.perf_counter() - t0)
 
 
