@@ -1,8 +1,10 @@
 """The token-level MDP as a native batched Gymnasium ``VectorEnv`` that lives on a torch device.
 
-Longer than ~400 lines on purpose: about a third is the class docstring in Gymnasium's sections,
-which is the user's reference for the MDP, and the rest is one object's state (device buffers,
-per-row prompts and columns, the reference's cache) that reset and step must update together.
+Inside: :class:`TokenVectorEnv`, whose class docstring (Gymnasium's sections) is the reference for
+the MDP; its construction (model, tokenizer, spaces, reward, π_ref, device buffers), ``reset``
+(prompts from its :class:`~tokengym.envs.prompt_pool.PromptPool` left-padded into the buffer),
+``step`` (append, end rows, reward, π_ref's log-probs), same-step autoreset, and the properties
+agents and rewards read.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from tokengym.lm.reference import IncrementalLogprobs, Reference, frozen_copy
 from tokengym.lm.sampling import SamplingConfig
 from tokengym.rewards import make_reward
 from tokengym.rewards.base import EpisodeStart, Reward, StepBatch, as_components, reference_request
-from tokengym.envs.records import load_prompt_records
-from tokengym.rewards.trl import is_conversation
+from tokengym.envs.prompt_pool import PromptPool
+from tokengym.envs.records import PromptRecords
 
 __all__ = ["TokenVectorEnv"]
 
@@ -249,12 +251,9 @@ class TokenVectorEnv(VectorEnv):
         self.max_new_tokens = max_new_tokens if max_new_tokens is not None else task.max_new_tokens
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
-        records = load_prompt_records(prompts if prompts is not None else task.prompts())
-        self._prompt_pool, self._column_pool = records.prompts, records.columns  # as given, and N-long columns
-        self._prompt_ids = self._encode_prompts(records.prompts)
-        longest = max(len(p) for p in self._prompt_ids)
-        self.max_prompt_tokens = max_prompt_tokens if max_prompt_tokens is not None else longest
-        self._check_prompt_lengths(self._prompt_ids)
+        self._pool = PromptPool(prompts if prompts is not None else task.prompts(), tokenizer, V)
+        self.max_prompt_tokens = max_prompt_tokens if max_prompt_tokens is not None else self._pool.longest
+        self._pool.check_lengths(self._pool.ids, self.max_prompt_tokens)
         context = max_positions(config)
         if context is not None and self.max_prompt_tokens + self.max_new_tokens > context:
             raise ValueError(
@@ -354,38 +353,6 @@ class TokenVectorEnv(VectorEnv):
         self._needs_reset = True
 
     # ------------------------------------------------------------------ prompts
-    def _encode_prompts(self, prompts) -> list[list[int]]:
-        if prompts is None or len(prompts) == 0:
-            raise ValueError("prompts must be a non-empty list of strings or token-id lists")
-        encoded = []
-        for i, prompt in enumerate(prompts):
-            if isinstance(prompt, str):
-                if self.tokenizer is None:
-                    raise ValueError(f"prompt {i} is text but the env has no tokenizer")
-                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            elif is_conversation(prompt):
-                if getattr(self.tokenizer, "chat_template", None) is None:
-                    raise ValueError(f"prompt {i} is chat messages, but the env's tokenizer has no chat_template")
-                text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            else:
-                ids = [int(t) for t in prompt]
-            if len(ids) == 0:
-                raise ValueError(f"prompt {i} ({prompt!r}) is empty after tokenization")
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompt {i} has token ids {bad} outside [0, {self.vocab_size})")
-            encoded.append(ids)
-        return encoded
-
-    def _check_prompt_lengths(self, prompt_ids: list[list[int]]) -> None:
-        for i, ids in enumerate(prompt_ids):
-            if len(ids) > self.max_prompt_tokens:
-                raise ValueError(
-                    f"prompt {i} has {len(ids)} tokens, more than max_prompt_tokens="
-                    f"{self.max_prompt_tokens}"
-                )
-
     def _resolve_stop_tokens(self, stop_token_ids, V: int) -> list[int]:
         if stop_token_ids == "eos":
             eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -398,35 +365,7 @@ class TokenVectorEnv(VectorEnv):
 
     def _draw_prompts(self, n: int, options: dict | None) -> tuple[list, list[list[int]], dict[str, list]]:
         """``n`` rows of (prompts as given, their token ids, their columns), groups repeated."""
-        options = options or {}
-        unknown = set(options) - {"group_size", "prompts"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; expected 'group_size' or 'prompts'")
-        group_size = options.get("group_size", 1)
-        if not isinstance(group_size, int) or group_size < 1 or n % group_size:
-            raise ValueError(
-                f"options['group_size'] must be a positive int dividing num_envs={n}, got {group_size!r}"
-            )
-        if "prompts" in options:
-            records = load_prompt_records(options["prompts"])
-            raw, chosen, columns = records.prompts, self._encode_prompts(records.prompts), records.columns
-            self._check_prompt_lengths(chosen)
-            if len(chosen) * group_size != n:
-                raise ValueError(
-                    f"options['prompts'] has {len(chosen)} prompts; with group_size={group_size} "
-                    f"it needs {n // group_size}"
-                )
-        else:
-            rank, world_size = self.shard  # draw the global batch, keep this rank's rows
-            idx = self.np_random.integers(0, len(self._prompt_ids), size=world_size * n // group_size)
-            idx = idx[rank * n // group_size : (rank + 1) * n // group_size].tolist()
-            raw, chosen = [self._prompt_pool[i] for i in idx], [self._prompt_ids[i] for i in idx]
-            columns = {name: [values[i] for i in idx] for name, values in self._column_pool.items()}
-
-        def repeat(values: list) -> list:
-            return [v for v in values for _ in range(group_size)]
-
-        return repeat(raw), repeat(chosen), {name: repeat(values) for name, values in columns.items()}
+        return self._pool.draw(n, options, self.np_random, self.shard, self.max_prompt_tokens)
 
     def _write_prompts(self, rows: torch.Tensor, raw: list, prompts: list[list[int]], columns: dict[str, list]) -> None:
         """Left-pad ``prompts`` into the buffer rows ``rows`` (host list -> one device copy); record
@@ -669,9 +608,8 @@ class TokenVectorEnv(VectorEnv):
     @property
     def prompt_pool(self):
         """Every prompt the env draws from, with its columns (a :class:`~tokengym.envs.records.PromptRecords`)."""
-        from tokengym.envs.records import PromptRecords
-
-        return PromptRecords(list(self._prompt_pool), {name: list(values) for name, values in self._column_pool.items()})
+        records = self._pool.records
+        return PromptRecords(list(records.prompts), {name: list(values) for name, values in records.columns.items()})
 
     @property
     def row_columns(self) -> dict[str, tuple]:
