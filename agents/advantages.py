@@ -20,6 +20,7 @@ sequence's tokens, then over sequences; see ``agents/grpo.py``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,12 +32,14 @@ __all__ = [
     "gae",
     "n_step_returns",
     "masked_mean",
+    "sequence_sum",
     "sequence_sum_mean",
     "masked_var",
     "masked_whiten",
     "explained_variance",
     "group_advantages",
     "leave_one_out_baseline",
+    "group_log_mean_exp",
     "MovingAverageBaseline",
     "approx_kl_and_clipfrac",
 ]
@@ -146,9 +149,14 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return valid.sum(dim) / mask.sum(dim)
 
 
+def sequence_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) ``Σ_t x[b, t]`` over each row's valid tokens: per-token log-probs become the sequence's ``log π(y|x)``."""
+    return torch.where(mask, x, 0.0).sum(-1)
+
+
 def sequence_sum_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """0-dim ``mean_b Σ_t x[b, t]`` over the valid tokens: the loss aggregation of REINFORCE, A2C and PPO."""
-    return torch.where(mask, x, 0.0).sum(-1).mean()
+    return sequence_sum(x, mask).mean()
 
 
 def masked_var(
@@ -248,6 +256,18 @@ def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tenso
     grouped = _grouped(scores, group_size, per_step=scores.ndim == 2)  # (B/G, G[, T])
     others = grouped.sum(dim=1, keepdim=True) - grouped  # (B/G, G[, T])
     return (others / (group_size - 1)).reshape(scores.shape)  # (B[, T])
+
+
+def group_log_mean_exp(log_weights: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) ``log mean_{j in group} exp(log_weights_j)``, each group's value on each of its rows.
+
+    With importance weights ``w = P(y)/q(y)`` of a group's samples from ``q``, this is the
+    per-prompt importance-sampling estimate of ``log Z(x) = log E_q[P/q]`` (f-DPG's online
+    ``Z``). A group whose weights are all 0 (``-inf``) gets ``-inf``.
+    """
+    grouped = _grouped(log_weights, group_size)  # (B/G, G)
+    log_mean = torch.logsumexp(grouped, dim=1, keepdim=True) - math.log(group_size)  # (B/G, 1)
+    return log_mean.expand_as(grouped).reshape(-1)  # (B,)
 
 
 @dataclass
