@@ -174,9 +174,11 @@ class Agent(abc.ABC):
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
-    def collect(self) -> Rollout:
-        """Play one batch of episodes through ``env.reset`` / ``env.step``."""
-        env, policy, config = self.env, self.policy, self.config
+    def collect(self, actor: Policy | None = None) -> Rollout:
+        """Play one batch of episodes through ``env.reset`` / ``env.step``, sampled by ``actor``
+        (default: the policy; an off-policy agent passes its proposal, and ``Rollout.logprobs`` are then the actor's)."""
+        env, config = self.env, self.config
+        policy = self.policy if actor is None else actor
         options = {"group_size": config.group_size} if config.group_size > 1 else None
         seed = config.seed if self.iteration == 0 else None
         obs, _ = env.reset(seed=seed, options=options)

@@ -1,0 +1,169 @@
+"""f-DPG (Go et al. 2023, "Aligning language models with preferences through f-divergence
+minimization"; seed 003's "unified preference optimization framework").
+
+Alignment as distribution matching: minimise ``D_f(π_θ‖p)`` to a target ``p = π_ref·φ/Z(x)``
+(``rewards/targets.py``) with
+
+    ``∇_θ D_f(π_θ‖p) = E_{y~π_θ}[f'(π_θ(y)/p(y))·∇log π_θ(y)]``,
+
+whole sequences at a time (``log π(y|x)`` is the sum of the response's token log-probs). The four
+divergences and their ``f'`` are ``tokengym.lm.divergences.DIVERGENCES``:
+
+* ``"forward-kl"``: ``KL(p‖π_θ)``, ``f'(t) = −p/π_θ``: DPG (Parshakova et al. 2019), the algorithm
+  of GDC (Khalifa et al. 2021). With ``proposal="reference"`` the samples come from π_ref and the
+  coefficient is DPG's importance weight ``−p/π_ref = −φ/Z``, which needs no π_θ at all: for a
+  GDC binary target it is maximum likelihood on the π_ref samples that satisfy the constraint.
+* ``"reverse-kl"``: ``KL(π_θ‖p)``, ``f'(t) = 1 + log(π_θ/π_ref) − r/β + log Z``. The constant
+  ``1 + log Z`` has zero expected gradient (and the baseline removes it exactly), so this is
+  REINFORCE on the KL-shaped reward ``r − β·log(π_θ/π_ref)`` divided by β (Go et al. §3).
+* ``"js"`` and ``"tv"``: Jensen–Shannon and total variation, both bounded pseudo-rewards.
+
+``Z(x)`` is estimated online, per prompt, from that prompt's group of G samples:
+``Ẑ(x) = mean_i π_ref(y_i)·φ(y_i)/q(y_i)`` with ``q`` the sampler. Per prompt, because ``Z(x)``
+differs between prompts by orders of magnitude (Keywords-v0: the chance that π_ref uses both words
+depends on the words), so one moving average over a batch of mixed prompts estimates none of them,
+and a table per prompt does not scale to a prompt dataset. The estimate is self-normalised
+importance sampling: consistent, with an O(1/G) bias for the divergences where ``Z`` does not
+cancel (it cancels exactly for reverse KL).
+
+Baseline (on-policy only): the leave-one-out mean of the other G−1 coefficients of the same prompt
+(Kool et al. 2019), which does not depend on the row's own sample. Under another proposal a
+baseline would need the weight π_θ/q to stay unbiased (Korbak et al. 2022), so there is none.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tokengym.agents.advantages import group_log_mean_exp, leave_one_out_baseline, masked_mean, sequence_sum
+from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
+from tokengym.agents.policy import Policy
+from tokengym.lm.divergences import DIVERGENCES
+from tokengym.rewards.kl import DEFAULT_BETA
+from tokengym.rewards.targets import GDCBinary, RLKL, Target
+
+__all__ = ["FDPG", "FDPGConfig", "fdpg_coefficients"]
+
+TARGETS = ("rlkl", "gdc-binary")
+PROPOSALS = ("policy", "reference")
+
+
+@dataclass
+class FDPGConfig(AgentConfig):
+    """f-DPG's settings; each field is validated in ``__post_init__``."""
+
+    lr: float = 2.5e-4
+    """Adam learning rate, > 0 (REINFORCE's default; not tuned for f-DPG on language)."""
+    group_size: int = 8
+    """G, samples per prompt (≥ 2; must divide the batch): each prompt's Ẑ(x) and baseline come from its group."""
+    divergence: str = "forward-kl"
+    """D_f(π_θ‖p) minimised: 'forward-kl' (KL(p‖π_θ), DPG), 'reverse-kl' (KL(π_θ‖p), RL with a KL penalty), 'js' or 'tv'."""
+    target: str = "rlkl"
+    """p: 'rlkl' (∝ π_ref·exp(r/β)) or 'gdc-binary' (∝ π_ref·1[r ≥ threshold]); r is the env's task reward, KL penalties excluded."""
+    beta: float = DEFAULT_BETA
+    """β of the 'rlkl' target, > 0 (unused by 'gdc-binary')."""
+    threshold: float = 1.0
+    """Threshold of the 'gdc-binary' target, finite (Keywords-v0: 1.0, both words used; unused by 'rlkl')."""
+    proposal: str = "policy"
+    """Who samples: 'policy' (π_θ) or 'reference' (π_ref, with DPG's importance weight p/π_ref; 'forward-kl' only)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("group_size", self.group_size, 2, math.inf, integer=True, high_open=True)
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}, got {self.proposal!r}")
+        check_range("beta", self.beta, 0, math.inf, low_open=True, high_open=True)
+        check_range("threshold", self.threshold, -math.inf, math.inf, low_open=True, high_open=True)
+        if self.divergence == "reverse-kl" and self.target == "gdc-binary":
+            raise ValueError(
+                "divergence='reverse-kl' with target='gdc-binary' is infinite as soon as π_θ puts mass where the "
+                "constraint fails (f'(∞) = ∞), so its gradient is too; use 'forward-kl', 'js' or 'tv'"
+            )
+        if self.proposal == "reference" and self.divergence != "forward-kl":
+            raise ValueError(
+                f"proposal='reference' needs divergence='forward-kl', got {self.divergence!r}: only forward KL's "
+                "coefficient −p/π_θ becomes an importance weight (−p/π_ref) under another sampler (DPG)"
+            )
+
+    def make_target(self) -> Target:
+        """The target distribution p these settings name."""
+        return RLKL(self.beta) if self.target == "rlkl" else GDCBinary(self.threshold)
+
+
+def fdpg_coefficients(divergence: str, log_q, log_ref, log_potential, log_z) -> torch.Tensor:
+    """(B,) ``f'(q(y)/p(y))`` with ``log p = log π_ref + log φ − log Z``: f-DPG's coefficient of
+    ``∇log π_θ(y)`` for ``y ~ q``. With ``q = π_θ`` it is the f-DPG gradient's; with another ``q``
+    and forward KL it is ``−p/q``, DPG's importance-weighted one. All arguments are (B,) sequence
+    log-values (``log_potential = -inf`` where p has no mass: there ``t = ∞``)."""
+    log_p = torch.where(log_potential > -math.inf, log_ref + log_potential - log_z, -math.inf)  # (B,)
+    return DIVERGENCES[divergence].f_prime(log_q - log_p)  # (B,)
+
+
+class FDPG(Agent):
+    """f-DPG: a sequence-level policy gradient towards a target distribution (module docstring).
+
+    The env's reward is read only through the target (its per-episode components); a KL-shaped
+    env reward's penalty is ignored, since p already holds π_ref. With ``proposal="reference"``
+    the rollout's ``logprobs`` (and the history's ``kl_ref``) are the proposal's.
+    """
+
+    config_class = FDPGConfig
+
+    def __init__(self, env, config: FDPGConfig | None = None, policy: Policy | None = None):
+        super().__init__(env, config, policy)
+        sampling = self.env.sampling
+        if sampling.top_k or sampling.top_p < 1:
+            raise ValueError(
+                f"f-DPG needs samples from π_θ itself, but the env samples with top_k={sampling.top_k}, "
+                f"top_p={sampling.top_p}; use top_k=0 and top_p=1"
+            )
+        self.target = self.config.make_target()
+        self.proposal: Policy | None = None  # None: the policy samples
+        if self.config.proposal == "reference":
+            if self.policy.is_lora:
+                raise ValueError("proposal='reference' is not supported with a LoRA policy (π_ref is its base with "
+                                 "the adapters off, which the sampler does not switch); use proposal='policy'")
+            self.proposal = Policy(self.reference.model, sampling=sampling)  # shares π_ref's weights, no copy
+
+    def collect(self) -> Rollout:
+        return super().collect(actor=self.proposal)
+
+    def coefficients(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        """(B,) float64 coefficient of each episode's ``∇log π_θ(y)`` (``f'`` minus the baseline), and diagnostics."""
+        c, mask = self.config, rollout.mask
+        log_q = sequence_sum(rollout.logprobs, mask).double()  # (B,) the sampler's log q(y)
+        log_ref = sequence_sum(rollout.ref_logprobs, mask).double()  # (B,)
+        log_potential = self.target.log_potential(rollout.components)  # (B,) log φ, -inf outside p's support
+        log_weights = log_ref + log_potential - log_q  # (B,) log π_ref·φ/q
+        log_z = group_log_mean_exp(log_weights, c.group_size)  # (B,) log Ẑ(x), per prompt
+        coefficients = fdpg_coefficients(c.divergence, log_q, log_ref, log_potential, log_z)  # (B,)
+        if self.proposal is None:
+            coefficients = coefficients - leave_one_out_baseline(coefficients, c.group_size)
+        weights = (log_weights - log_z).exp().view(-1, c.group_size)  # (B/G, G) self-normalised, mean 1
+        ess = torch.nan_to_num(weights.sum(1) ** 2 / weights.pow(2).sum(1) / c.group_size)  # (B/G,) 0 without mass
+        seen = log_z > -math.inf  # (B,) prompts with a sample in p's support
+        return coefficients, {
+            "log_z": float(log_z[seen].mean()) if bool(seen.any()) else -math.inf,
+            "ess": float(ess.mean()),
+            "target_score": float(self.target.score(rollout.components).mean()),
+        }
+
+    def loss(self, rollout: Rollout, coefficients: torch.Tensor, rows: torch.Tensor):
+        """``mean_b c_b·log π_θ(y_b)`` over episodes ``rows``: its gradient is the f-DPG estimate of
+        ``∇D_f(π_θ‖p)`` (the loss descends the divergence)."""
+        mask = rollout.mask[rows]
+        scored = self.policy.score(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_width)
+        logprobs = sequence_sum(scored.logprobs, mask)  # (b,) log π_θ(y), with gradients
+        loss = (coefficients[rows].to(logprobs.dtype) * logprobs).mean()
+        return loss, {"pg_loss": loss, "entropy": masked_mean(scored.entropy.detach(), mask)}
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        coefficients, diagnostics = self.coefficients(rollout)
+        rows = torch.arange(rollout.mask.shape[0], device=rollout.mask.device)
+        return {**self.minibatch_step(rows, lambda chunk: self.loss(rollout, coefficients, chunk)), **diagnostics}
