@@ -24,7 +24,9 @@ __all__ = ["DEFAULTS", "Plan", "resolve_settings", "validate", "read_prompts_fil
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
-AGENT_NAMES = ("reinforce", "a2c", "ppo", "grpo")
+AGENT_NAMES = ("reinforce", "a2c", "ppo", "grpo", "fdpg", "dpo")
+BETA_AGENTS = ("grpo", "fdpg", "dpo")
+"""Agents with a β of their own (GRPO's KL term; the RLKL target of f-DPG and DPO), set by --beta."""
 KL_REWARDS = ("kl-shaped", "fine-grained+kl")
 FINE_GRAINED_REWARDS = ("fine-grained", "fine-grained+kl")
 TIMING_FIELDS = ("tokens_per_s", "rollout_tokens_per_s")
@@ -201,10 +203,10 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
     if "keep_checkpoints" in given and s["save_every"] is None:
         raise bad_value("--keep-checkpoints", s["keep_checkpoints"], "--save-every too (without it no checkpoint is written)")
 
-    if s["beta"] is not None and not (kl_reward or grpo):
+    if s["beta"] is not None and not (kl_reward or s["agent"] in BETA_AGENTS):
         raise bad_value(
             "--beta", s["beta"],
-            f"a KL-shaped reward (--reward {' or '.join(KL_REWARDS)}) or --agent grpo; with reward {reward!r} "
+            f"a KL-shaped reward (--reward {' or '.join(KL_REWARDS)}) or --agent {', '.join(BETA_AGENTS)}; with reward {reward!r} "
             f"and --agent {s['agent']} it would have no effect",
         )
     if s["kl_estimator"] is not None:
@@ -257,7 +259,7 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
         kwargs["minibatch_size"] = s["minibatch_size"]
     if grpo and kl_reward:  # one KL penalty: the reward's; a second one in GRPO's loss would count it twice
         kwargs["beta"] = 0.0
-    elif grpo and s["beta"] is not None:
+    elif s["agent"] in BETA_AGENTS and s["beta"] is not None:
         kwargs["beta"] = s["beta"]
     if grpo and not kl_reward and s["kl_estimator"] is not None:
         kwargs["kl_estimator"] = s["kl_estimator"]
@@ -275,11 +277,11 @@ def validate(settings: dict, run_dir: Path, resuming: bool, given: frozenset[str
         _check_number("--group-size", s["group_size"], low=1, integer=True)
         if grpo and s["group_size"] < 2:
             raise bad_value("--group-size", s["group_size"], "an integer ≥ 2 for --agent grpo (groups are compared within)")
-        uses_groups = grpo or (s["agent"] == "reinforce" and baseline == "leave-one-out")
+        uses_groups = grpo or s["agent"] == "fdpg" or (s["agent"] == "reinforce" and baseline == "leave-one-out")
         if not uses_groups:
             raise bad_value(
                 "--group-size", s["group_size"],
-                "--agent grpo, or --agent reinforce --set baseline=leave-one-out; "
+                "--agent grpo or fdpg, or --agent reinforce --set baseline=leave-one-out; "
                 f"--agent {s['agent']} does not use groups, so it would have no effect",
             )
         kwargs["group_size"] = s["group_size"]

@@ -70,6 +70,20 @@ def test_grpo_with_a_kl_shaped_reward_penalises_the_kl_once(tmp_path):
     assert plain.config.beta == 0.07 and "reward_kwargs" not in plain.env_kwargs  # in the loss only
 
 
+def test_fdpg_and_dpo_take_beta_and_fdpg_its_group_size_from_the_flags(tmp_path):
+    from tokengym.agents.settings import resolve_settings, validate
+
+    def plan(*flags):
+        given = dict(zip(flags[::2], flags[1::2]))
+        s, run_dir, resuming = resolve_settings(given, None, str(tmp_path / "run"))
+        return validate(s, run_dir, resuming, frozenset(given))
+
+    fdpg = plan("agent", "fdpg", "beta", 0.2, "group_size", 4, "set", ["divergence=js"])
+    assert (fdpg.config.beta, fdpg.config.group_size, fdpg.config.divergence) == (0.2, 4, "js")
+    assert "reward_kwargs" not in fdpg.env_kwargs  # β is the target's, not a penalty in the env's reward
+    assert plan("agent", "dpo", "beta", 0.3).config.beta == 0.3
+
+
 def test_reinforce_groups_only_with_the_leave_one_out_baseline(tmp_path):
     from tokengym.agents.settings import resolve_settings, validate
 
