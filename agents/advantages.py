@@ -20,7 +20,6 @@ sequence's tokens, then over sequences; see ``agents/grpo.py``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,6 @@ __all__ = [
     "explained_variance",
     "group_advantages",
     "leave_one_out_baseline",
-    "group_log_mean_exp",
     "MovingAverageBaseline",
     "approx_kl_and_clipfrac",
 ]
@@ -256,18 +254,6 @@ def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tenso
     grouped = _grouped(scores, group_size, per_step=scores.ndim == 2)  # (B/G, G[, T])
     others = grouped.sum(dim=1, keepdim=True) - grouped  # (B/G, G[, T])
     return (others / (group_size - 1)).reshape(scores.shape)  # (B[, T])
-
-
-def group_log_mean_exp(log_weights: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(B,) ``log mean_{j in group} exp(log_weights_j)``, each group's value on each of its rows.
-
-    With importance weights ``w = P(y)/q(y)`` of a group's samples from ``q``, this is the
-    per-prompt importance-sampling estimate of ``log Z(x) = log E_q[P/q]`` (f-DPG's online
-    ``Z``). A group whose weights are all 0 (``-inf``) gets ``-inf``.
-    """
-    grouped = _grouped(log_weights, group_size)  # (B/G, G)
-    log_mean = torch.logsumexp(grouped, dim=1, keepdim=True) - math.log(group_size)  # (B/G, 1)
-    return log_mean.expand_as(grouped).reshape(-1)  # (B,)
 
 
 @dataclass

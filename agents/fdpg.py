@@ -18,13 +18,17 @@ divergences and their ``f'`` are ``tokengym.lm.divergences.DIVERGENCES``:
   REINFORCE on the KL-shaped reward ``r − β·log(π_θ/π_ref)`` divided by β (Go et al. §3).
 * ``"js"`` and ``"tv"``: Jensen–Shannon and total variation, both bounded pseudo-rewards.
 
-``Z(x)`` is estimated online, per prompt, from that prompt's group of G samples:
-``Ẑ(x) = mean_i π_ref(y_i)·φ(y_i)/q(y_i)`` with ``q`` the sampler. Per prompt, because ``Z(x)``
-differs between prompts by orders of magnitude (Keywords-v0: the chance that π_ref uses both words
-depends on the words), so one moving average over a batch of mixed prompts estimates none of them,
-and a table per prompt does not scale to a prompt dataset. The estimate is self-normalised
-importance sampling: consistent, with an O(1/G) bias for the divergences where ``Z`` does not
-cancel (it cancels exactly for reverse KL).
+``Z`` is estimated online as DPG does: a moving average of the importance weights
+``π_ref(y)·φ(y)/q(y)`` (``q`` the sampler) over earlier batches, so that a batch's ``Ẑ`` does not
+depend on its own samples. Not per prompt from the prompt's group (self-normalised importance
+sampling), although ``Z(x)`` differs between prompts: when few of a group's samples lie in p's
+support, as with a rare constraint, the group's own ``Ẑ`` cancels the lone sample's ``π_ref/π_θ``,
+DPG's whole correction, and the update becomes REINFORCE on φ (measured on Keywords-v0, GDC binary,
+seed 0: KL(p‖π_θ) rose from 3.0 to 9.6 nats; the moving average is no better there, see
+``experiments/keywords-gdc``). What one ``Z`` for all prompts costs: for forward KL, ``Z(x)``
+only scales a prompt's gradient (its direction is exact); reverse KL does not depend on it; for
+JS and TV, ``Z(x)`` moves the point where ``f'`` changes sign, so with prompts whose ``Z(x)``
+differ they follow a biased target (exact with one prompt, as on Calibration-v0).
 
 Baseline (on-policy only): the leave-one-out mean of the other G−1 coefficients of the same prompt
 (Kool et al. 2019), which does not depend on the row's own sample. Under another proposal a
@@ -37,9 +41,10 @@ from dataclasses import dataclass
 
 import torch
 
-from tokengym.agents.advantages import group_log_mean_exp, leave_one_out_baseline, masked_mean, sequence_sum
+from tokengym.agents.advantages import leave_one_out_baseline, masked_mean, sequence_sum
 from tokengym.agents.base import Agent, AgentConfig, Rollout, check_range
 from tokengym.agents.policy import Policy
+from tokengym.lm.distributed import sum_across_ranks
 from tokengym.lm.divergences import DIVERGENCES
 from tokengym.rewards.kl import DEFAULT_BETA
 from tokengym.rewards.targets import GDCBinary, RLKL, Target
@@ -68,6 +73,8 @@ class FDPGConfig(AgentConfig):
     """Threshold of the 'gdc-binary' target, finite (Keywords-v0: 1.0, both words used; unused by 'rlkl')."""
     proposal: str = "policy"
     """Who samples: 'policy' (π_θ) or 'reference' (π_ref, with DPG's importance weight p/π_ref; 'forward-kl' only)."""
+    z_momentum: float = 0.9
+    """Weight of the old value in the moving average Ẑ of the importance weights π_ref·φ/q, in [0, 1)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,6 +87,7 @@ class FDPGConfig(AgentConfig):
             raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}, got {self.proposal!r}")
         check_range("beta", self.beta, 0, math.inf, low_open=True, high_open=True)
         check_range("threshold", self.threshold, -math.inf, math.inf, low_open=True, high_open=True)
+        check_range("z_momentum", self.z_momentum, 0, 1, high_open=True)
         if self.divergence == "reverse-kl" and self.target == "gdc-binary":
             raise ValueError(
                 "divergence='reverse-kl' with target='gdc-binary' is infinite as soon as π_θ puts mass where the "
@@ -124,6 +132,7 @@ class FDPG(Agent):
                 f"top_p={sampling.top_p}; use top_k=0 and top_p=1"
             )
         self.target = self.config.make_target()
+        self.z_average = 0.0  # moving average of the importance weights: Ẑ (0 until p's support is seen)
         self.proposal: Policy | None = None  # None: the policy samples
         if self.config.proposal == "reference":
             if self.policy.is_lora:
@@ -140,19 +149,26 @@ class FDPG(Agent):
         log_q = sequence_sum(rollout.logprobs, mask).double()  # (B,) the sampler's log q(y)
         log_ref = sequence_sum(rollout.ref_logprobs, mask).double()  # (B,)
         log_potential = self.target.log_potential(rollout.components)  # (B,) log φ, -inf outside p's support
-        log_weights = log_ref + log_potential - log_q  # (B,) log π_ref·φ/q
-        log_z = group_log_mean_exp(log_weights, c.group_size)  # (B,) log Ẑ(x), per prompt
+        weights = (log_ref + log_potential - log_q).exp()  # (B,) π_ref·φ/q, importance weights for Z
+        log_z = self.log_partition(weights)  # 0-dim
         coefficients = fdpg_coefficients(c.divergence, log_q, log_ref, log_potential, log_z)  # (B,)
         if self.proposal is None:
             coefficients = coefficients - leave_one_out_baseline(coefficients, c.group_size)
-        weights = (log_weights - log_z).exp().view(-1, c.group_size)  # (B/G, G) self-normalised, mean 1
-        ess = torch.nan_to_num(weights.sum(1) ** 2 / weights.pow(2).sum(1) / c.group_size)  # (B/G,) 0 without mass
-        seen = log_z > -math.inf  # (B,) prompts with a sample in p's support
+        ess = weights.sum() ** 2 / weights.pow(2).sum() / len(weights)  # (Σw)²/Σw² per sample; nan without mass
         return coefficients, {
-            "log_z": float(log_z[seen].mean()) if bool(seen.any()) else -math.inf,
-            "ess": float(ess.mean()),
+            "log_z": float(log_z), "ess": float(torch.nan_to_num(ess)),
             "target_score": float(self.target.score(rollout.components).mean()),
         }
+
+    def log_partition(self, weights: torch.Tensor) -> torch.Tensor:
+        """0-dim log Ẑ for this batch from its (B,) importance weights ``π_ref·φ/q``: the moving
+        average of earlier batches' means (independent of this batch's samples, like DPG's online Z),
+        or this batch's own mean while no earlier batch has reached p's support. Folds this batch in."""
+        total, count = sum_across_ranks(torch.stack([weights.sum(), weights.new_tensor(len(weights))]))
+        batch_z = float(total / count)  # over the global batch
+        z = self.z_average if self.z_average > 0 else batch_z
+        self.z_average = self.config.z_momentum * z + (1 - self.config.z_momentum) * batch_z
+        return torch.tensor(z, dtype=torch.float64, device=weights.device).log()
 
     def loss(self, rollout: Rollout, coefficients: torch.Tensor, rows: torch.Tensor):
         """``mean_b c_b·log π_θ(y_b)`` over episodes ``rows``: its gradient is the f-DPG estimate of
@@ -167,3 +183,9 @@ class FDPG(Agent):
         coefficients, diagnostics = self.coefficients(rollout)
         rows = torch.arange(rollout.mask.shape[0], device=rollout.mask.device)
         return {**self.minibatch_step(rows, lambda chunk: self.loss(rollout, coefficients, chunk)), **diagnostics}
+
+    def extra_state(self) -> dict:
+        return {"z_average": torch.tensor(self.z_average, dtype=torch.float64)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.z_average = float(state["z_average"])

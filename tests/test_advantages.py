@@ -14,7 +14,6 @@ from tokengym.agents.advantages import (
     explained_variance,
     gae,
     group_advantages,
-    group_log_mean_exp,
     leave_one_out_baseline,
     masked_mean,
     masked_var,
@@ -215,15 +214,6 @@ def test_leave_one_out_baseline_per_step():
     torch.testing.assert_close(baseline, expected)
     with pytest.raises(ValueError, match=r"\(B, T\) tensor with B a multiple of group_size=3"):
         leave_one_out_baseline(scores, group_size=3)
-
-
-def test_group_log_mean_exp_is_each_groups_importance_sampling_estimate_of_log_z():
-    weights = torch.tensor([0.5, 2.0, 0.0, 1.5, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # P/q of 2 groups of 4
-    log_z = group_log_mean_exp(weights.log(), group_size=4)
-    assert torch.allclose(log_z[:4], torch.full((4,), math.log(1.0), dtype=torch.float64))  # mean(0.5, 2, 0, 1.5) = 1
-    assert torch.equal(log_z[4:], torch.full((4,), -math.inf, dtype=torch.float64))  # no mass seen: log 0
-    big = torch.tensor([800.0, 801.0])  # exp overflows float32; the log-space mean does not
-    assert group_log_mean_exp(big, 2)[0].item() == pytest.approx(800 + math.log((1 + math.e) / 2))
 
 
 def test_sequence_sum_adds_each_rows_valid_tokens_only():
