@@ -60,7 +60,8 @@ class FDPGConfig(AgentConfig):
     """f-DPG's settings; each field is validated in ``__post_init__``."""
 
     lr: float = 2.5e-4
-    """Adam learning rate, > 0 (REINFORCE's default; not tuned for f-DPG on language)."""
+    """Adam learning rate, > 0 (REINFORCE's default, not tuned; on Keywords-v0's GDC target it drifts from p:
+    KL(p‖π_θ) 3.0 → 10.3 nats in 2,048 episodes, where 5e-5 keeps 3.0: experiments/keywords-gdc)."""
     group_size: int = 8
     """G, samples per prompt (≥ 2; must divide the batch): each prompt's Ẑ(x) and baseline come from its group."""
     divergence: str = "forward-kl"

@@ -350,3 +350,49 @@ def test_fdpg_converges_to_the_target(divergence, proposal, seed):
     end = [sum(e[k] for e in ends) / 3 for k in range(2)]
     assert start[0] > 0.2 and start[1] > 0.4  # π_ref is far from p: room to fail
     assert end[0] < 0.3 * start[0] and end[1] < 0.3 * start[1], (seed, start, ends)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning on language: Keywords-v0 with the GDC binary target (experiments/keywords-gdc)
+# ---------------------------------------------------------------------------------------------
+
+KEYWORD_PAIRS = [("it", "is"), ("you", "that"), ("you", "the"), ("to", "of")]  # π_ref uses both in 3-7 %
+
+
+@torch.no_grad()
+def both_words_fraction(policy, env, seed: int) -> float:
+    """The fraction of ``env.num_envs`` fresh samples of ``policy`` that use both words."""
+    obs, _ = env.reset(seed=seed)
+    P = env.prompt_width
+    policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(env.max_new_tokens):
+        step = policy.act(generator)
+        _, _, _, _, info = env.step(step.actions)
+        if bool(env.all_done):
+            break
+        policy.advance(step.actions)
+    return float((info["reward_components"]["keyword_inclusion"] >= 1).double().mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dpg_raises_the_both_words_fraction_on_keywords(seed):
+    """p ∝ π_ref·1[both words] (GDCBinary(threshold=1)); f-DPG with forward KL at its defaults, 768
+    episodes in batches of 32. The fraction of 256 fresh samples using both words must rise over
+    π_ref's (same prompts and random numbers) by more than 4 standard errors of the difference.
+    Measured: 0.062 → 0.211 (z = 5.0) and 0.062 → 0.230 (z = 5.5), about 55 s a seed on one
+    thread; at 512 episodes seed 0 reached only z = 3.9. The 3-seed runs with the KL(p‖π_θ)
+    comparison against REINFORCE are in experiments/keywords-gdc."""
+    from tokengym.agents import Policy
+    from tokengym.envs.prompts import keyword_prompt
+
+    prompts = [keyword_prompt(a, b) for a, b in KEYWORD_PAIRS]
+    agent = FDPG(gym.make_vec("tokengym/Keywords-v0", num_envs=32, prompts=prompts),
+                 FDPGConfig(target="gdc-binary", threshold=1.0, seed=seed))
+    judge = gym.make_vec("tokengym/Keywords-v0", num_envs=256, prompts=prompts).unwrapped
+    before = both_words_fraction(Policy(agent.reference.model, sampling=judge.sampling), judge, seed=100 + seed)
+    agent.learn(768)
+    after = both_words_fraction(agent.policy, judge, seed=100 + seed)
+    standard_error = math.sqrt((before * (1 - before) + after * (1 - after)) / 256)
+    assert after - before > 4 * standard_error, (before, after, standard_error)
