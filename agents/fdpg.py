@@ -60,10 +60,9 @@ class FDPGConfig(AgentConfig):
     """f-DPG's settings; each field is validated in ``__post_init__``."""
 
     lr: float = 2.5e-4
-    """Adam learning rate, > 0 (REINFORCE's default, not tuned; on Keywords-v0's GDC target it drifts from p:
-    KL(p‖π_θ) 3.0 → 10.3 nats in 2,048 episodes, where 5e-5 keeps 3.0: experiments/keywords-gdc)."""
+    """Adam learning rate, > 0 (REINFORCE's default, untuned; on Keywords-v0 GDC 5e-5 drifts less: experiments/keywords-gdc)."""
     group_size: int = 8
-    """G, samples per prompt (≥ 2; must divide the batch): each prompt's Ẑ(x) and baseline come from its group."""
+    """G, samples per prompt (≥ 2; must divide the batch): the leave-one-out baseline compares them."""
     divergence: str = "forward-kl"
     """D_f(π_θ‖p) minimised: 'forward-kl' (KL(p‖π_θ), DPG), 'reverse-kl' (KL(π_θ‖p), RL with a KL penalty), 'js' or 'tv'."""
     target: str = "rlkl"
@@ -157,7 +156,7 @@ class FDPG(Agent):
             coefficients = coefficients - leave_one_out_baseline(coefficients, c.group_size)
         ess = weights.sum() ** 2 / weights.pow(2).sum() / len(weights)  # (Σw)²/Σw² per sample; nan without mass
         return coefficients, {
-            "log_z": float(log_z), "ess": float(torch.nan_to_num(ess)),
+            "z": float(log_z.exp()), "ess": float(torch.nan_to_num(ess)),  # Ẑ, not log Ẑ: 0 before p's support is seen
             "target_score": float(self.target.score(rollout.components).mean()),
         }
 

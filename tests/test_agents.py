@@ -227,7 +227,7 @@ def test_history_logs_the_diagnostics_each_agent_promises():
         A2C: {"reward", "kl_ref", "entropy", "tokens_per_s", "explained_variance", "value_loss"},
         PPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "explained_variance", "approx_kl", "clipfrac"},
         GRPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "approx_kl", "clipfrac", "kl"},
-        FDPG: {"reward", "kl_ref", "entropy", "tokens_per_s", "log_z", "ess", "target_score"},
+        FDPG: {"reward", "kl_ref", "entropy", "tokens_per_s", "z", "ess", "target_score"},
         DPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "loss", "margin"},
     }
     for agent_class, keys in expectations.items():

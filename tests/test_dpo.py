@@ -84,7 +84,7 @@ def test_the_loss_puts_each_pairs_chosen_member_first():
         math.log1p(math.exp(-BETA * ((h[2 * k] - h[2 * k + 1]) if wins else (h[2 * k + 1] - h[2 * k]))))
         for k, wins in enumerate(first_wins.tolist())
     ]
-    assert float(loss) == pytest.approx(sum(expected) / 4, rel=1e-5)
+    assert loss.item() == pytest.approx(sum(expected) / 4, rel=1e-5)
     assert len({round(x, 6) for x in h}) > 1  # the pairs differ: the order matters
 
 
