@@ -31,6 +31,7 @@ __all__ = [
     "gae",
     "n_step_returns",
     "masked_mean",
+    "sequence_sum",
     "sequence_sum_mean",
     "masked_var",
     "masked_whiten",
@@ -146,9 +147,14 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return valid.sum(dim) / mask.sum(dim)
 
 
+def sequence_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) ``Σ_t x[b, t]`` over each row's valid tokens: per-token log-probs become the sequence's ``log π(y|x)``."""
+    return torch.where(mask, x, 0.0).sum(-1)
+
+
 def sequence_sum_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """0-dim ``mean_b Σ_t x[b, t]`` over the valid tokens: the loss aggregation of REINFORCE, A2C and PPO."""
-    return torch.where(mask, x, 0.0).sum(-1).mean()
+    return sequence_sum(x, mask).mean()
 
 
 def masked_var(

@@ -79,6 +79,9 @@ class Agent(abc.ABC):
 
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
     needs_values: ClassVar[bool] = False
+    beta_is_target: ClassVar[bool] = False
+    """True when the config's ``beta`` defines the agent's own target ``p ∝ π_ref·exp(r/β)`` (f-DPG,
+    DPO): the agent then learns from the task reward, with no KL penalty in it."""
 
     def __init__(self, env, config: AgentConfig | None = None, policy: Policy | None = None):
         config = config if config is not None else self.config_class()
@@ -135,11 +138,13 @@ class Agent(abc.ABC):
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ rollout
-    def collect(self) -> Rollout:
+    def collect(self, actor: Policy | None = None) -> Rollout:
         """Play one batch of episodes through ``env.reset`` / ``env.step`` (the first with the
-        config's seed)."""
+        config's seed), sampled by ``actor`` (default: the policy; an off-policy agent passes its
+        proposal, and ``Rollout.logprobs`` are then the actor's)."""
         return play_episodes(
-            self.env, self.policy, self.generator, seed=self.config.seed if self.iteration == 0 else None,
+            self.env, self.policy if actor is None else actor, self.generator,
+            seed=self.config.seed if self.iteration == 0 else None,
             group_size=self.config.group_size, check_done_every=self.config.check_done_every,
         )
 

@@ -57,6 +57,7 @@ from tokengym.agents.policy import Policy
 from tokengym.benchmarks.episodes import run_episodes
 from tokengym.envs import calibration
 from tokengym.envs.records import PromptRecords, load_prompt_records
+from tokengym.lm.divergences import DIVERGENCES as F_DIVERGENCES
 from tokengym.rewards.targets import Target
 
 __all__ = [
@@ -76,18 +77,18 @@ BOOTSTRAP_REPLICATES = 200
 
 
 def f_divergence_terms(log_a: torch.Tensor, log_b: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Elementwise ``a·f(b/a)`` for the four f of :data:`DIVERGENCES`, from ``log a`` (a = p/q,
-    ``-inf`` where p has no mass) and ``log b`` (b = π_θ/q) of the same shape; their mean under q
-    is ``D_f(π_θ‖p)``. At a = 0 each term is its limit ``b·lim_{t→∞} f(t)/t``."""
-    a, b = log_a.exp(), log_b.exp()
+    """Elementwise ``a·f(b/a)`` for the four f of :data:`DIVERGENCES` (their generators are
+    :data:`tokengym.lm.divergences.DIVERGENCES`), from ``log a`` (a = p/q, ``-inf`` where p has no
+    mass) and ``log b`` (b = π_θ/q) of the same shape; their mean under q is ``D_f(π_θ‖p)``. At
+    a = 0 each term is its limit ``b·f'(∞)``."""
     has_a, has_b = log_a > -math.inf, log_b > -math.inf
-    log_mean = torch.logaddexp(log_a, log_b) - math.log(2)  # log((a + b)/2)
-    return {
-        "forward_kl": torch.where(has_a, a * (log_a - log_b), 0.0),  # a·log(a/b)
-        "reverse_kl": torch.where(has_b, b * (log_b - log_a), 0.0),  # b·log(b/a), +inf where a = 0 < b
-        "tv": 0.5 * (a - b).abs(),
-        "js": torch.where(has_b, b * (log_b - log_mean), 0.0) + torch.where(has_a, a * (log_a - log_mean), 0.0),
-    }
+    log_t = torch.where(has_a, log_b - log_a, 0.0)  # log(b/a) where a > 0
+    terms = {}
+    for name, generator in F_DIVERGENCES.items():
+        inside = torch.where(has_a, log_a.exp() * generator.f(log_t), 0.0)
+        outside = torch.where(has_a | ~has_b, 0.0, log_b.exp() * generator.f_prime_at_infinity)  # mass where p = 0
+        terms[name.replace("-", "_")] = inside + outside
+    return terms
 
 
 def _weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from tokengym.agents.advantages import (
     masked_var,
     masked_whiten,
     n_step_returns,
+    sequence_sum,
 )
 
 LENGTHS = [7, 1, 4, 7, 3]  # ragged episodes; rows 0 and 3 fill the buffer
@@ -213,6 +214,12 @@ def test_leave_one_out_baseline_per_step():
     torch.testing.assert_close(baseline, expected)
     with pytest.raises(ValueError, match=r"\(B, T\) tensor with B a multiple of group_size=3"):
         leave_one_out_baseline(scores, group_size=3)
+
+
+def test_sequence_sum_adds_each_rows_valid_tokens_only():
+    rewards, _, mask, _ = ragged_batch()
+    expected = torch.tensor([sum(rewards[b, :n].tolist()) for b, n in enumerate(LENGTHS)], dtype=torch.float64)
+    torch.testing.assert_close(sequence_sum(rewards, mask), expected)  # the NaN garbage after each end is ignored
 
 
 def test_moving_average_baseline_uses_only_past_batches():

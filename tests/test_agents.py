@@ -9,7 +9,9 @@ import torch
 from conftest import build_tiny_lm, build_word_tokenizer
 
 import tokengym  # noqa: F401  (registers the envs)
-from tokengym.agents import A2C, GRPO, PPO, REINFORCE, A2CConfig, GRPOConfig, Policy, PPOConfig, REINFORCEConfig
+from tokengym.agents import (
+    A2C, DPO, FDPG, GRPO, PPO, REINFORCE, A2CConfig, DPOConfig, FDPGConfig, GRPOConfig, Policy, PPOConfig, REINFORCEConfig,
+)
 from tokengym.agents.advantages import group_advantages
 from tokengym.agents.grpo import grpo_loss
 from tokengym.agents.ppo import ppo_clip_loss
@@ -217,6 +219,8 @@ def test_nonfinite_loss_or_gradient_never_reaches_the_weights():
         (A2C, A2CConfig(lr=1e-2)),
         (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2)),
         (GRPO, GRPOConfig(lr=1e-2, group_size=4)),
+        (FDPG, FDPGConfig(lr=1e-2, group_size=4)),
+        (DPO, DPOConfig(lr=1e-2)),  # its Bradley–Terry draws come from the checkpointed generator
     ],
 )
 def test_save_load_resume_reproduces_the_next_iteration(tmp_path, agent_class, config):
@@ -264,6 +268,8 @@ def test_history_logs_the_diagnostics_each_agent_promises():
         A2C: {"reward", "kl_ref", "entropy", "tokens_per_s", "explained_variance", "value_loss"},
         PPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "explained_variance", "approx_kl", "clipfrac"},
         GRPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "approx_kl", "clipfrac", "kl"},
+        FDPG: {"reward", "kl_ref", "entropy", "tokens_per_s", "z", "ess", "target_score"},
+        DPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "loss", "margin"},
     }
     for agent_class, keys in expectations.items():
         history = agent_class(calibration_env(num_envs=8)).learn(8)
@@ -315,8 +321,9 @@ def test_agents_approach_the_kl_regularised_optimum(agent_class, config, seed):
         (A2C, A2CConfig(lr=1e-2)),
         (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2, target_kl=None)),
         (GRPO, GRPOConfig(lr=1e-2, group_size=4)),
+        (FDPG, FDPGConfig(lr=1e-2, group_size=4)),
     ],
-    ids=["reinforce", "a2c", "ppo", "grpo"],
+    ids=["reinforce", "a2c", "ppo", "grpo", "fdpg"],
 )
 def test_micro_batched_updates_equal_the_full_batch_update(agent_class, config):
     """minibatch_size bounds an update's memory: gradients of chunks of 3 episodes accumulate into

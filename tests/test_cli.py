@@ -24,7 +24,7 @@ def test_help_is_user_facing_and_train_help_shows_defaults_agents_and_rewards():
     for needed in ("Episodes to train for (default: 4096)", "--agent NAME The algorithm", "(default: a2c)",
                    "(default: tokengym/Sentiment-v0)", "grpo Group-relative policy optimisation",
                    "{holistic,fine-grained,kl-shaped,fine-grained+kl}", "{k1,k2,k3}", "--save-every", "--resume",
-                   "--clip-eps F Ratio clip ε (default: 0.2; ppo, grpo only)", "(default: reinforce: 0.00025, a2c: 0.0003, ppo: 0.0003, grpo: 0.00025)"):
+                   "--clip-eps F Ratio clip ε (default: 0.2; ppo, grpo only)", "(default: reinforce: 0.00025, a2c: 0.0003, ppo: 0.0003, grpo: 0.00025, fdpg: 0.00025, dpo: 0.00025)"):
         assert needed in text, needed
 
 
@@ -77,6 +77,23 @@ def test_grpo_with_a_kl_shaped_reward_penalises_the_kl_once(tmp_path):
     assert shaped.env_kwargs["reward_kwargs"]["beta"] == 0.07 and shaped.config.beta == 0.0  # in the reward only
     plain = planned(agent="grpo", reward="holistic", beta=0.07)
     assert plain.config.beta == 0.07 and "reward_kwargs" not in plain.env_kwargs  # in the loss only
+
+
+def test_fdpg_and_dpo_take_beta_as_their_targets_and_train_on_the_task_reward(tmp_path, capsys):
+    from tokengym.cli import main
+    from tokengym.settings import plan, resolve
+
+    def planned(**given):
+        return plan(resolve(given, None, str(tmp_path / "run")))
+
+    fdpg = planned(agent="fdpg", beta=0.2, group_size=4, divergence="js")
+    assert (fdpg.config.beta, fdpg.config.group_size, fdpg.config.divergence) == (0.2, 4, "js")
+    assert fdpg.env_kwargs["reward"] == "holistic" and "reward_kwargs" not in fdpg.env_kwargs  # β is the target's
+    assert planned(agent="dpo", beta=0.3).config.beta == 0.3
+    assert main(["train", "--agent", "dpo", "--reward", "kl-shaped", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tokengym: error: --reward kl-shaped: expected the task reward for --agent dpo (its --beta is its target's, "
+        "p ∝ π_ref·exp(r/β); a KL-shaped reward would penalise the KL a second time)")
 
 
 def test_reinforce_groups_only_with_the_leave_one_out_baseline(tmp_path):

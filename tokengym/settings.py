@@ -248,7 +248,10 @@ def plan(resolved: Resolved) -> Plan:
     if s.agent not in AGENTS:
         raise bad_value("--agent", s.agent, f"one of {', '.join(AGENTS)} (see 'tokengym train --help')")
     agent_class = AGENTS[s.agent]
-    reward = s.reward if s.reward is not None else training_reward(task.reward)
+    reward = s.reward if s.reward is not None else task.reward if agent_class.beta_is_target else training_reward(task.reward)
+    if agent_class.beta_is_target and reward in KL_REWARDS:
+        raise bad_value("--reward", reward, f"the task reward for --agent {s.agent} (its --beta is its target's, "
+                        "p ∝ π_ref·exp(r/β); a KL-shaped reward would penalise the KL a second time)")
     env_kwargs = {"device": s.device, **_model_kwargs(s)}
     env_kwargs.update(_reward_kwargs(s, reward, agent_class, given))
     env_kwargs.update(_episode_kwargs(s, task))
@@ -378,8 +381,8 @@ def _agent_config(resolved: Resolved, agent_class: type[Agent], reward: str) -> 
             raise bad_value(flag(name), _show(value), expected)
     if not resolved.resuming:
         kl_reward = reward in KL_REWARDS
-        if "beta" in names and kl_reward:  # one KL penalty: the reward's; a second one in the loss would count it twice
-            options["beta"] = 0.0
+        if "beta" in names and kl_reward and not agent_class.beta_is_target:  # one KL penalty: the reward's
+            options["beta"] = 0.0  # (a second one in GRPO's loss would count it twice)
         elif "beta" in names and s.beta is not None:
             options["beta"] = s.beta
         if "kl_estimator" in names and not kl_reward and s.kl_estimator is not None:
@@ -394,9 +397,9 @@ def _agent_config(resolved: Resolved, agent_class: type[Agent], reward: str) -> 
     except (ValueError, TypeError) as error:
         raise UsageError(f"--agent {s.agent}: {error}") from None
     if "group_size" in resolved.given and not config.uses_groups:
+        grouped = ", ".join(name for name, cls in AGENTS.items() if cls.config_class().uses_groups)
         raise bad_value("--group-size", config.group_size, f"an agent that compares samples of a prompt "
-                        f"(grpo, or reinforce with --baseline leave-one-out); --agent {s.agent} does not use groups, "
-                        "so it would have no effect")
+                        f"({grouped}); --agent {s.agent} does not use groups, so it would have no effect")
     return config
 
 
