@@ -15,7 +15,7 @@ from tokengym.lm.plotting import pyplot, save_figure
 
 __all__ = [
     "group_runs", "mean_std", "fmt", "results_table", "ablation_table", "curve",
-    "plot_learning_curves", "plot_reward_vs_kl", "plot_score_vs_kl", "placement_table", "plot_bands", "plot_reward_collapse",
+    "plot_learning_curves", "plot_reward_vs_kl", "plot_score_vs_kl", "placement_table", "best_of_n_table", "plot_bands", "plot_reward_collapse",
     "plot_rollout", "plot_cost_growth",
 ]
 
@@ -131,6 +131,23 @@ def placement_table(records: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{first['j_star']:.3f} ({first['j_star_ess_min']:.0f})", f"{first['j_ref']:.3f}", col("fraction_captured", 2),
             col("kl_overspend", 1) + "×", seeds,
         ]) + " |")
+    return lines
+
+
+def best_of_n_table(frontiers: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: best-of-N sampling from π_ref on each measured frontier, the inference-time
+    row beside the trained ones (no training; its KL is the sampled KL(BoN‖π_ref), bounded by
+    log N − (N−1)/N, not zero): gain, KL, J = J_ref + gain − β·KL and the fraction of J* − J_ref."""
+    head = ["frontier", "method", "β", "gain", "KL sampled (bound)", "J", "fraction of J* − J_ref"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, frontier in frontiers.items():
+        beta, j_ref, j_star = frontier["beta"], frontier["reference_score"], frontier["j_star"]
+        for point in frontier["best_of_n"]:
+            j = j_ref + point["gain"] - beta * point["kl_sampled"]
+            lines.append("| " + " | ".join([
+                key, f"best-of-{point['n']} (no training)", f"{beta:g}", f"{point['gain']:+.3f}",
+                f"{point['kl_sampled']:.2f} ({point['kl_bound']:.2f})", f"{j:.3f}", f"{(j - j_ref) / (j_star - j_ref):.2f}",
+            ]) + " |")
     return lines
 
 

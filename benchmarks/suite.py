@@ -340,8 +340,11 @@ def write_results(out: Path, suite: Suite, records: list[dict]) -> None:
                "(a low ESS understates J*), the fraction of `J* − J_ref` the run captures, and its KL ÷ the KL "
                "best-of-N sampling needs for the same gain (by the bound log N − (N−1)/N). Plots: `frontier_<key>.png`.", ""]
         md += plots.placement_table(records) + [""]
-        for key in sorted({r["frontier_key"] for r in records if r.get("placement")}):
-            frontier = json.loads((out / FRONTIERS_DIR / f"{key}.json").read_text())
+        keys = sorted({r["frontier_key"] for r in records if r.get("placement")})
+        frontiers = {key: json.loads((out / FRONTIERS_DIR / f"{key}.json").read_text()) for key in keys}
+        md += ["Best-of-N sampling from π_ref on the same frontiers: the inference-time method, no training.", ""]
+        md += plots.best_of_n_table(frontiers) + [""]
+        for key, frontier in frontiers.items():
             runs: dict[str, list[tuple[float, float]]] = {}
             for r in records:
                 if r.get("frontier_key") == key:

@@ -64,6 +64,10 @@ def test_judged_runs_are_placed_on_one_measured_frontier_whose_optimum_is_exact(
         assert placement["j"] == pytest.approx(frontier["reference_score"] + judged["score_gain"] - 0.5 * judged["kl"])
     text = (out / "results.md").read_text()
     assert "fraction of J* − J_ref" in text and (out / f"frontier_{frontiers[0].stem}.png").stat().st_size > 0
+    best_of_2 = next(p for p in frontier["best_of_n"] if p["n"] == 2)  # the inference-time row, its KL not zero
+    j = frontier["reference_score"] + best_of_2["gain"] - 0.5 * best_of_2["kl_sampled"]
+    assert f"| best-of-2 (no training) | 0.5 | {best_of_2['gain']:+.3f} | {best_of_2['kl_sampled']:.2f} " in text
+    assert f"| {j:.3f} |" in text and best_of_2["kl_sampled"] > 0
 
 
 def test_tiny_suite_writes_one_record_per_run_and_the_reports(tiny_run):
