@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "all_ranks", "broadcast_parameters", "is_distributed", "mean_across_ranks",
-    "process_group", "sum_across_ranks", "sum_gradients", "world",
+    "all_ranks", "broadcast_object", "broadcast_parameters", "is_distributed", "max_across_ranks",
+    "mean_across_ranks", "process_group", "sum_across_ranks", "sum_gradients", "world",
 ]
 
 
@@ -89,6 +89,24 @@ def all_ranks(flag: bool | torch.Tensor, device: str | torch.device = "cpu") -> 
     value = torch.as_tensor(flag, dtype=torch.int32, device=device).reshape(1).clone()
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+def max_across_ranks(count: int, device: str | torch.device = "cpu") -> int:
+    """The largest of every rank's ``count`` (one collective; ``count`` alone with one rank)."""
+    if not is_distributed():
+        return count
+    value = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
+def broadcast_object(value=None):
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself with one rank."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
