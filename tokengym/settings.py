@@ -433,14 +433,14 @@ def _check_sharding(s: TrainSettings, given: frozenset[str]) -> None:
         raise bad_value("--fsdp-rollout", s.fsdp_rollout, "--fsdp too (it chooses the sharded rollout's weights)")
     if not s.fsdp:
         return
-    if "fsdp" in given and int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        raise UsageError("--fsdp: expected a launch of 2 or more processes (torchrun --nproc-per-node N -m tokengym "
-                         "train --fsdp ...); one process holds the whole model anyway")
     if s.lora is not None:
         raise bad_value("--lora", s.lora, "no --fsdp (LoRA's trainable state is small: train it unsharded)")
     if s.dtype == "float16":
         raise bad_value("--dtype", s.dtype, "bfloat16 or float32 with --fsdp (float16's loss scaling would need "
                         "a sharded gradient scaler)")
+    if "fsdp" in given and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise UsageError("--fsdp: expected a launch of 2 or more processes (torchrun --nproc-per-node N -m tokengym "
+                         "train --fsdp ...); one process holds the whole model anyway")
 
 
 def _check_out(run_dir: Path) -> None:
