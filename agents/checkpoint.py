@@ -177,7 +177,7 @@ def _write_dir(path: str | os.PathLike, write, keep: tuple[str, ...] = (), every
     if not every_rank:
         return atomic_write_dir(path, write, keep=keep)
     if world()[0] == 0:
-        return atomic_write_dir(path, lambda tmp: write(broadcast_object(tmp)), keep=keep)
+        return atomic_write_dir(path, lambda tmp: write(broadcast_object(tmp.absolute())), keep=keep)
     write(broadcast_object())
     return Path(path)
 
