@@ -171,14 +171,25 @@ def fsdp_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("agent", AGENTS)
-def test_fsdp_two_ranks_of_half_the_batch_equal_one_process_of_the_whole(agent, one_process, fsdp_run):
+def test_fsdp_two_ranks_of_half_the_batch_equal_one_process_of_the_whole(tmp_path, agent, one_process, fsdp_run):
     """With the policy, its gradients, Adam's moments and π_ref sharded over 2 ranks, the steps are
     the one-process run's (FSDP's reduce-scatter sums each rank's share-weighted gradient)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
     out, weights = fsdp_run(agent)
-    assert_same_run(out, weights, *one_process(agent), agent)
-    # sharded for real: each rank wrote its own shard of the optimizer state
+    one, one_weights = one_process(agent)
+    assert_same_run(out, weights, one, one_weights, agent)
+    # sharded for real: each rank wrote its own shard of Adam's state, which read back whole is
+    # the one-process run's, moment for moment
     assert sorted(p.name for p in (out / "optimizer").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert "optimizer" not in torch.load(out / "trainer_state.pt", weights_only=True)
+    dcp_to_torch_save(out / "optimizer", tmp_path / "adam.pt")
+    adam = torch.load(tmp_path / "adam.pt", weights_only=True)["optimizer"]["state"]
+    whole = torch.load(one / "trainer_state.pt", weights_only=True)
+    assert set(adam) == set(whole["trainable"])
+    for i, name in enumerate(whole["trainable"]):  # the unsharded optimizer numbers them in this order
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(adam[name][moment], whole["optimizer"]["state"][i][moment], rtol=1e-4, atol=1e-7), name
     if agent == "grpo":  # rank 0 alone reported: one event file, one scalar per iteration
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
