@@ -1,5 +1,6 @@
 """``tokengym train``: train one agent on one env, with metrics, a learning curve, periodic
-checkpoints and bit-identical resume.
+checkpoints and bit-identical resume, optionally sharded (``--fsdp``) and reported to experiment
+trackers (``--report-to``, :mod:`tokengym.tracking`).
 
 The command runs in three phases, so that a bad flag never costs a model load or leaves files:
 
