@@ -10,6 +10,7 @@ optimizer step. Each agent overrides only ``update`` (and ``config_class``).
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import os
 import time
@@ -22,9 +23,11 @@ import torch
 
 from tokengym.agents.policy import Policy
 from tokengym.agents.rollout import Rollout, driveable_env, play_episodes
+from tokengym.agents.sharding import Sharding, parameter_groups, shard_models
 from tokengym.envs.token_env import TokenVectorEnv
 from tokengym.lm import distributed
 from tokengym.lm.config import bounded, check_fields, check_range
+from tokengym.lm.fsdp import clip_grad_norm, gathered, is_sharded, replicated
 from tokengym.lm.reference import Reference
 
 __all__ = ["AgentConfig", "Agent", "NonFiniteUpdateError"]
@@ -75,6 +78,9 @@ class Agent(abc.ABC):
     env's :attr:`~TokenVectorEnv.sampling` (temperature, top-k, top-p), and π_ref is the env's
     :attr:`~TokenVectorEnv.reference`, so the reward's KL penalty, the agent's ``ref_logprobs``
     and the logged ``kl_ref`` are the same numbers from one model held once in memory.
+
+    ``sharding`` (a :class:`~tokengym.agents.sharding.Sharding`, under ``torchrun``) shards the
+    policy and π_ref with FSDP2; the steps taken are the unsharded run's.
     """
 
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
@@ -83,7 +89,8 @@ class Agent(abc.ABC):
     """True when the config's ``beta`` defines the agent's own target ``p ∝ π_ref·exp(r/β)`` (f-DPG,
     DPO): the agent then learns from the task reward, with no KL penalty in it."""
 
-    def __init__(self, env, config: AgentConfig | None = None, policy: Policy | None = None):
+    def __init__(self, env, config: AgentConfig | None = None, policy: Policy | None = None,
+                 sharding: Sharding | None = None):
         config = config if config is not None else self.config_class()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
@@ -125,7 +132,10 @@ class Agent(abc.ABC):
         if env.reference.autocast_dtype != policy.autocast_dtype:
             env.set_reference(env.reference.under_autocast(policy.autocast_dtype))
         self.reference: Reference = env.reference
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+        self.gather_rollout = sharding is not None and shard_models(policy, self.reference, sharding)
+        self.optimizer = torch.optim.Adam(
+            parameter_groups(policy) if self.sharded else self.policy.parameters(), lr=config.lr
+        )
         # float16 gradients below 6e-8 flush to zero: scale the loss up before backward and the
         # gradients back down before clipping (Micikevicius et al. 2018). bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=policy.autocast_dtype == torch.float16)
@@ -137,16 +147,29 @@ class Agent(abc.ABC):
         self._skipped_now: list[str] = []  # what was non-finite in this iteration's update
         self.history: list[dict[str, float]] = []
 
+    @property
+    def sharded(self) -> bool:
+        """Are the policy and π_ref sharded with FSDP2 (``sharding=``)?"""
+        return is_sharded(self.policy.model)
+
     # ------------------------------------------------------------------ rollout
     def collect(self, actor: Policy | None = None) -> Rollout:
         """Play one batch of episodes through ``env.reset`` / ``env.step`` (the first with the
         config's seed), sampled by ``actor`` (default: the policy; an off-policy agent passes its
         proposal, and ``Rollout.logprobs`` are then the actor's)."""
-        return play_episodes(
-            self.env, self.policy if actor is None else actor, self.generator,
-            seed=self.config.seed if self.iteration == 0 else None,
-            group_size=self.config.group_size, check_done_every=self.config.check_done_every,
-        )
+        with self.rollout_weights():
+            return play_episodes(
+                self.env, self.policy if actor is None else actor, self.generator,
+                seed=self.config.seed if self.iteration == 0 else None,
+                group_size=self.config.group_size, check_done_every=self.config.check_done_every,
+            )
+
+    def rollout_weights(self):
+        """The context of one-token forwards (a rollout, sampled continuations): under FSDP with
+        a gathered rollout, the policy's and π_ref's full weights, gathered once on entry."""
+        if not self.gather_rollout:
+            return contextlib.nullcontext()
+        return gathered(self.policy.model, self.policy.value_model, self.reference.model)
 
     # ------------------------------------------------------------------ update
     @abc.abstractmethod
@@ -177,23 +200,38 @@ class Agent(abc.ABC):
         weights over all ranks. A non-finite loss or gradient on any rank skips the step on all."""
         global_rows = global_rows if global_rows is not None else len(rows) * self.world_size
         self.optimizer.zero_grad(set_to_none=True)
-        if len(rows) == 0:  # this rank holds none of the minibatch: a zero-weight pass keeps it in step
-            rows, global_rows = torch.zeros(1, dtype=torch.long, device=rows.device), math.inf
         totals: dict[str, torch.Tensor] = {}
         finite = True
-        for chunk in rows.split(self.config.minibatch_size or len(rows)):
-            share = len(chunk) / global_rows
+        for chunk, share in self._chunks(rows, global_rows):
             loss, stats = loss_of(chunk)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + share * value.detach()
-            if not self._backward(loss * share):  # one non-finite chunk skips the whole step, once
-                finite = False
-                break
+            if finite:
+                finite = self._backward(loss * share)
+            if not finite:  # one non-finite chunk skips the whole step, once
+                if not self.sharded:
+                    break
+                (loss * 0).backward()  # FSDP's backward is a collective: every rank runs each one
         self._finish_step(finite, loss.device)
         if not totals:
             return {}
         summed = distributed.sum_across_ranks(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in totals.values()]))
         return dict(zip(totals, summed.tolist()))
+
+    def _chunks(self, rows: torch.Tensor, global_rows: float):
+        """``(chunk, share)`` for :meth:`minibatch_step`: ``rows`` in chunks of at most
+        ``config.minibatch_size``, each with its share of the global minibatch. A rank that holds
+        none of the minibatch makes a zero-weight pass on row 0, which keeps it in step; under
+        FSDP (whose forward and backward are collectives) every rank makes as many passes as the
+        rank with the most chunks."""
+        chunks = list(rows.split(self.config.minibatch_size or max(len(rows), 1))) or [rows]
+        if self.sharded:
+            chunks += [rows[:0]] * (distributed.max_across_ranks(len(chunks), rows.device) - len(chunks))
+        for chunk in chunks:
+            if len(chunk) == 0:
+                yield torch.zeros(1, dtype=torch.long, device=rows.device), 0.0
+            else:
+                yield chunk, len(chunk) / global_rows
 
     def minibatches(self, n: int):
         """Split this iteration's global batch (``world_size × num_envs`` rows) into ``n`` shuffled
@@ -246,10 +284,11 @@ class Agent(abc.ABC):
         return True
 
     def _finish_step(self, finite: bool, device: torch.device) -> bool:
-        """Sum the accumulated gradients over ranks, then clip and step; unless the loss was
-        non-finite on any rank, in which case every rank skips the step."""
+        """Sum the accumulated gradients over ranks (FSDP has reduce-scattered the sharded ones in
+        the backward), then clip and step; unless the loss was non-finite on any rank, in which
+        case every rank skips the step."""
         if distributed.all_ranks(finite, device):
-            distributed.sum_gradients(self.policy.parameters())
+            distributed.sum_gradients(replicated(self.policy.parameters()))
             return self._clip_and_step()
         self.optimizer.zero_grad(set_to_none=True)
         if finite:
@@ -261,7 +300,7 @@ class Agent(abc.ABC):
         non-finite. Under float16 an overflow at a loss scale above 1 is the scaler's signal to
         halve the scale, not a non-finite update; at a scale of 1 or less it is one."""
         self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        grad_norm = clip_grad_norm(self.policy.parameters(), self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             overflow = self.scaler.is_enabled() and self.scaler.get_scale() > 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -372,7 +411,7 @@ class Agent(abc.ABC):
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, keep: tuple[str, ...] = ()) -> Path:
         """Write ``policy/``, ``reference/``, the config and the trainer state, atomically
-        (:func:`tokengym.agents.checkpoint.save_agent`)."""
+        (:func:`tokengym.agents.checkpoint.save_agent`; a sharded agent's every rank calls it)."""
         from tokengym.agents.checkpoint import save_agent
 
         return save_agent(self, directory, keep)
@@ -385,9 +424,9 @@ class Agent(abc.ABC):
         """Restore what :meth:`extra_state` returned."""
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, env) -> "Agent":
-        """Resume an agent saved by :meth:`save` on ``env`` (same task and batch size)
-        (:func:`tokengym.agents.checkpoint.load_agent`)."""
+    def load(cls, directory: str | os.PathLike, env, sharding: Sharding | None = None) -> "Agent":
+        """Resume an agent saved by :meth:`save` on ``env`` (same task and batch size; a sharded
+        agent with ``sharding``) (:func:`tokengym.agents.checkpoint.load_agent`)."""
         from tokengym.agents.checkpoint import load_agent
 
-        return load_agent(cls, directory, env)
+        return load_agent(cls, directory, env, sharding)

@@ -8,6 +8,8 @@ A saved agent (``Agent.save(DIR)``)::
     DIR/reference/                     π_ref, likewise (a LoRA run's full base model, once)
     DIR/agent_config.json              the agent's class, its config and the policy's autocast dtype
     DIR/trainer_state.pt               optimizer, every RNG, adaptive β, progress, metrics so far
+    DIR/optimizer/                     sharded (FSDP) agents: the optimizer's state, in torch.distributed.checkpoint
+                                       format (each rank wrote its shards; trainer_state.pt then holds none)
 
 Layout of a run directory ``DIR`` (written by ``tokengym train``)::
 
@@ -17,11 +19,20 @@ Layout of a run directory ``DIR`` (written by ``tokengym train``)::
         weights.safetensors            every policy parameter and buffer (value head included)
         trainer_state.pt               optimizer, every RNG, adaptive-β, progress, metrics so far
         MANIFEST.json                  written last: run id, iteration, sha256 of each file above
+    DIR/checkpoints/iter-000004/       the same under FSDP ("layout": "sharded" in the manifest):
+        shards/                        policy weights and optimizer state, torch.distributed.checkpoint
+                                       format: each rank writes its own shards, rank 0 the .metadata
+        trainer_state.pt, MANIFEST.json
 
 A checkpoint is written into a temporary sibling (``checkpoints/.iter-….tmp-…``) by
 :func:`tokengym.lm.io.atomic_write_dir`, which fsyncs every file and renames it into place; the
 manifest is written last. A checkpoint whose manifest is missing, unreadable, from another run, or whose
 files do not match their sha256 is reported and skipped, never loaded half-way.
+
+Under FSDP (``Agent(..., sharding=)``, ``tokengym train --fsdp``) every rank calls
+:func:`save_agent` and :func:`write_checkpoint`: each writes its shards into the one temporary
+directory rank 0 made, so no rank ever holds the whole optimizer state; the final ``policy/`` and
+``reference/`` are gathered to rank 0 on the CPU and written as full ``save_pretrained`` directories.
 """
 from __future__ import annotations
 
@@ -37,6 +48,8 @@ import numpy as np
 import torch
 
 from tokengym.agents.policy import Policy
+from tokengym.lm.distributed import broadcast_object, world
+from tokengym.lm.fsdp import full_state_dict
 from tokengym.lm.io import atomic_write_dir
 from tokengym.lm.reference import Reference
 from tokengym.rewards.base import walk
@@ -51,6 +64,8 @@ MANIFEST = "MANIFEST.json"
 WEIGHTS = "weights.safetensors"
 STATE = "trainer_state.pt"
 CONFIG_FILE = "agent_config.json"
+SHARDS = "shards"
+OPTIMIZER = "optimizer"
 FORMAT = 1
 
 
@@ -60,24 +75,42 @@ def save_agent(agent, directory: str | os.PathLike, keep: tuple[str, ...] = ()) 
     each with the env's tokenizer and a generation config; with LoRA ``policy/`` is a PEFT
     adapter directory and ``reference/`` its full base model, once), the config, and the trainer
     state. Atomic: everything is written to a temporary sibling and renamed into place; files named
-    in ``keep`` that already exist in ``directory`` (a run's metrics, say) are carried over."""
+    in ``keep`` that already exist in ``directory`` (a run's metrics, say) are carried over.
+    A sharded agent's every rank calls it (see the module docstring)."""
+    policy, sharded = agent.policy, agent.sharded
+    writer = world()[0] == 0
 
     def write(tmp: Path) -> None:
-        agent.policy.save_pretrained(tmp / "policy")
-        agent.reference.save_pretrained(tmp / "reference", tokenizer=agent.env.tokenizer)
-        dtype = agent.policy.autocast_dtype
+        states = {}
+        if sharded:  # one model at a time on rank 0's CPU
+            states = {"model_state": full_state_dict(policy.model)}
+            if policy.value_model is not None:
+                states["value_model_state"] = full_state_dict(policy.value_model)
+        if writer:
+            policy.save_pretrained(tmp / "policy", **states)
+        del states
+        reference_state = full_state_dict(agent.reference.model) if sharded else None
+        if writer:
+            agent.reference.save_pretrained(tmp / "reference", tokenizer=agent.env.tokenizer, state_dict=reference_state)
+        del reference_state
+        if sharded:
+            _save_shards(_sharded_state(agent, ("optimizer",)), tmp / OPTIMIZER)
+        if not writer:
+            return
+        dtype = policy.autocast_dtype
         (tmp / CONFIG_FILE).write_text(json.dumps({
             "agent": type(agent).__name__, **asdict(agent.config),
             "autocast_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         }, indent=2))
         torch.save(trainer_state(agent), tmp / STATE)
 
-    return atomic_write_dir(directory, write, keep=keep)
+    return _write_dir(directory, write, keep=keep, every_rank=sharded)
 
 
-def load_agent(cls, directory: str | os.PathLike, env):
+def load_agent(cls, directory: str | os.PathLike, env, sharding=None):
     """Resume an agent of class ``cls`` saved by :func:`save_agent` on ``env`` (same task and batch
-    size), with the policy's autocast dtype as it was saved."""
+    size), with the policy's autocast dtype as it was saved. An agent saved sharded resumes sharded
+    (``sharding=``, on any number of ranks: the optimizer's shards are re-cut on loading)."""
     directory = Path(directory)
     saved = json.loads((directory / CONFIG_FILE).read_text())
     if saved.pop("agent") != cls.__name__:
@@ -93,9 +126,60 @@ def load_agent(cls, directory: str | os.PathLike, env):
     )
     if not lora:  # a LoRA policy's π_ref is its base, adapters off (set in Agent.__init__)
         env.set_reference(Reference.load(directory / "reference", temperature=env.sampling.temperature, device=env.device))
-    agent = cls(env, config, policy=policy)
+    saved_sharded = (directory / OPTIMIZER).is_dir()
+    if saved_sharded != (sharding is not None):
+        raise ValueError(f"{directory} was saved {'sharded' if saved_sharded else 'unsharded'}: load it "
+                         f"{'with' if saved_sharded else 'without'} sharding=")
+    agent = cls(env, config, policy=policy, sharding=sharding)
+    if saved_sharded:
+        _load_shards(agent, directory / OPTIMIZER, ("optimizer",))
     restore_trainer_state(agent, torch.load(directory / STATE, map_location=env.device, weights_only=True))
     return agent
+
+
+# ------------------------------------------------------------------------------ sharded state
+def _sharded_state(agent, parts: tuple[str, ...] = ("model", "optimizer")) -> dict:
+    """``parts`` of a sharded agent's state: the policy's (``"model"``) and the optimizer's state
+    dicts, each rank's shards only (``DTensor``s keyed by parameter name)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    getters = {"model": lambda: get_model_state_dict(agent.policy),
+               "optimizer": lambda: get_optimizer_state_dict(agent.policy, agent.optimizer)}
+    return {part: getters[part]() for part in parts}
+
+
+def _save_shards(state: dict, directory: Path) -> None:
+    """Every rank writes its shards of ``state`` into ``directory`` (rank 0 also the ``.metadata``)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, checkpoint_id=directory)
+
+
+def _load_shards(agent, directory: Path, parts: tuple[str, ...]) -> None:
+    """Read ``parts`` (``"model"``, ``"optimizer"``) of a sharded agent's state from ``directory``;
+    each rank reads the shards it holds."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = _sharded_state(agent, parts)
+    dcp.load(state, checkpoint_id=directory)
+    if "model" in state:
+        set_model_state_dict(agent.policy, state["model"])
+    if "optimizer" in state:
+        set_optimizer_state_dict(agent.policy, agent.optimizer, state["optimizer"])
+
+
+def _write_dir(path: str | os.PathLike, write, keep: tuple[str, ...] = (), every_rank: bool = False) -> Path:
+    """:func:`~tokengym.lm.io.atomic_write_dir` by rank 0; with ``every_rank`` every rank runs
+    ``write(tmp)`` in the one temporary directory rank 0 made (a shared file system across nodes),
+    and rank 0 renames it into place once its own ``write`` returns (the shards' collective save
+    returns on rank 0 only after every rank has written)."""
+    if not every_rank:
+        return atomic_write_dir(path, write, keep=keep)
+    if world()[0] == 0:
+        return atomic_write_dir(path, lambda tmp: write(broadcast_object(tmp.absolute())), keep=keep)
+    write(broadcast_object())
+    return Path(path)
 
 
 # ------------------------------------------------------------------------------ trainer state
@@ -103,10 +187,11 @@ def trainer_state(agent) -> dict:
     """Everything but the weights that the agent's next iteration depends on: optimizer and loss scaler, every RNG
     (the sampler's generator, torch's, Python's, NumPy's and the env's), the state of every reward
     in the env's reward tree (an adaptive β), progress, metrics so far, which parameters train, and
-    the agent's own :meth:`~tokengym.agents.Agent.extra_state`."""
+    the agent's own :meth:`~tokengym.agents.Agent.extra_state`. A sharded agent's optimizer state
+    is saved by every rank apart (:func:`_save_shards`), so it is left out here."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "optimizer": agent.optimizer.state_dict(),
+        **({} if agent.sharded else {"optimizer": agent.optimizer.state_dict()}),
         "grad_scaler": agent.scaler.state_dict(),  # empty unless float16
         "generator": agent.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -137,7 +222,8 @@ def restore_trainer_state(agent, state: dict) -> None:
         raise ValueError("the checkpoint records no trainable parameter: a resumed update would change nothing")
     for name, p in agent.policy.named_parameters():
         p.requires_grad_(name in trainable)
-    agent.optimizer.load_state_dict(state["optimizer"])
+    if "optimizer" in state:  # a sharded agent's is restored from its shards
+        agent.optimizer.load_state_dict(state["optimizer"])
     if state.get("grad_scaler"):  # absent before float16 had a scaler, empty when it is off
         agent.scaler.load_state_dict(state["grad_scaler"])
     agent.generator.set_state(state["generator"].cpu())
@@ -186,22 +272,31 @@ def _sha256(path: Path) -> str:
 
 
 def write_checkpoint(agent, run_dir: str | os.PathLike, run_id: str, keep: int) -> Path:
-    """Checkpoint ``agent`` as ``run_dir/checkpoints/iter-NNNNNN``; keep the newest ``keep``."""
+    """Checkpoint ``agent`` as ``run_dir/checkpoints/iter-NNNNNN``; keep the newest ``keep``. A
+    sharded agent's every rank calls it: each writes its shards of the weights and the optimizer."""
     from safetensors.torch import save_model
 
     root = Path(run_dir) / CHECKPOINTS
+    sharded, writer = agent.sharded, world()[0] == 0
 
     def write(tmp: Path) -> None:
-        save_model(agent.policy, str(tmp / WEIGHTS))  # handles tied weights (GPT-2's lm_head)
+        if sharded:
+            _save_shards(_sharded_state(agent), tmp / SHARDS)
+        else:
+            save_model(agent.policy, str(tmp / WEIGHTS))  # handles tied weights (GPT-2's lm_head)
+        if not writer:
+            return
         torch.save(trainer_state(agent), tmp / STATE)
-        files = {name: _sha256(tmp / name) for name in (WEIGHTS, STATE)}
-        manifest = {"format": FORMAT, "run_id": run_id, "iteration": agent.iteration,
-                    "agent": type(agent).__name__, "files": files}
+        names = [STATE] + ([p.relative_to(tmp).as_posix() for p in sorted((tmp / SHARDS).rglob("*")) if p.is_file()]
+                           if sharded else [WEIGHTS])
+        manifest = {"format": FORMAT, "run_id": run_id, "iteration": agent.iteration, "agent": type(agent).__name__,
+                    "layout": "sharded" if sharded else "full", "files": {name: _sha256(tmp / name) for name in names}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
-    path = atomic_write_dir(root / f"iter-{agent.iteration:06d}", write)
-    for old in list_checkpoints(run_dir)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    path = _write_dir(root / f"iter-{agent.iteration:06d}", write, every_rank=sharded)
+    if writer:
+        for old in list_checkpoints(run_dir)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -240,9 +335,19 @@ def check_checkpoint(path: Path, run_id: str, agent_name: str) -> str | None:
             return f"{name} is missing"
         if _sha256(path / name) != digest:
             return f"{name} does not match its sha256 (corrupted)"
-    if set(manifest["files"]) != {WEIGHTS, STATE}:
+    layout = manifest.get("layout", "full")
+    if layout == "full" and set(manifest["files"]) != {WEIGHTS, STATE}:
         return f"MANIFEST.json lists {sorted(manifest['files'])}, expected {[STATE, WEIGHTS]}"
+    if layout == "sharded" and not {STATE, f"{SHARDS}/.metadata"} <= set(manifest["files"]):
+        return f"MANIFEST.json lists {sorted(manifest['files'])}, expected {STATE} and {SHARDS}/.metadata among them"
+    if layout not in ("full", "sharded"):
+        return f"MANIFEST.json has layout {layout!r}, expected 'full' or 'sharded'"
     return None
+
+
+def checkpoint_layout(path: Path) -> str:
+    """``"sharded"`` (FSDP shards) or ``"full"``: how a checked checkpoint holds the weights."""
+    return json.loads((path / MANIFEST).read_text()).get("layout", "full")
 
 
 def newest_valid(run_dir, run_id: str, agent_name: str) -> tuple[Path | None, list[tuple[Path, str]]]:
@@ -257,9 +362,16 @@ def newest_valid(run_dir, run_id: str, agent_name: str) -> tuple[Path | None, li
 
 
 def restore(agent, path: Path) -> None:
-    """Load a checked checkpoint into an agent built with the run's own settings."""
+    """Load a checked checkpoint into an agent built with the run's own settings (every rank of a
+    sharded agent reads its own shards)."""
     from safetensors.torch import load_model
 
-    load_model(agent.policy, str(path / WEIGHTS), device=str(agent.env.device))
+    if (checkpoint_layout(path) == "sharded") != agent.sharded:
+        raise ValueError(f"{path} holds a {checkpoint_layout(path)} checkpoint; the agent is "
+                         f"{'sharded' if agent.sharded else 'not sharded'}")
+    if agent.sharded:
+        _load_shards(agent, path / SHARDS, ("model", "optimizer"))
+    else:
+        load_model(agent.policy, str(path / WEIGHTS), device=str(agent.env.device))
     state = torch.load(path / STATE, map_location=agent.env.device, weights_only=True)
     restore_trainer_state(agent, state)

@@ -116,8 +116,8 @@ class FDPG(Agent):
     config_class = FDPGConfig
     beta_is_target = True
 
-    def __init__(self, env, config: FDPGConfig | None = None, policy: Policy | None = None):
-        super().__init__(env, config, policy)
+    def __init__(self, env, config: FDPGConfig | None = None, policy: Policy | None = None, sharding=None):
+        super().__init__(env, config, policy, sharding)
         sampling = self.env.sampling
         if sampling.top_k or sampling.top_p < 1:
             raise ValueError(

@@ -91,8 +91,8 @@ class GRPO(Agent):
 
     config_class = GRPOConfig
 
-    def __init__(self, env, config: GRPOConfig | None = None, policy=None):
-        super().__init__(env, config if config is not None else GRPOConfig(), policy)
+    def __init__(self, env, config: GRPOConfig | None = None, policy=None, sharding=None):
+        super().__init__(env, config if config is not None else GRPOConfig(), policy, sharding)
         if self.config.n_minibatches > self.env.num_envs:
             raise ValueError(f"n_minibatches={self.config.n_minibatches} exceeds the batch (num_envs={self.env.num_envs})")
 

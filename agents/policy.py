@@ -344,7 +344,9 @@ class Policy(torch.nn.Module):
         return Scored(logprobs, entropy, values)
 
     # ----------------------------------------------------------------- saving
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(
+        self, directory: str | os.PathLike, model_state: dict | None = None, value_model_state: dict | None = None,
+    ) -> None:
         """Save so that ``transformers`` alone loads the LM and :meth:`from_pretrained` restores all.
 
         Layout: the LM's ``save_pretrained`` files (safetensors and generation config; for a LoRA
@@ -353,17 +355,19 @@ class Policy(torch.nn.Module):
         tokenizer, if the policy has one; ``value_head.safetensors``; and ``value_model/`` for a
         separate value model. Written to a temporary sibling directory and
         renamed into place, so a crash never leaves a half-written ``directory``.
+        ``model_state`` / ``value_model_state``: the LMs' full state dicts when they are sharded
+        (:func:`tokengym.lm.fsdp.full_state_dict`).
         """
         from tokengym.lm.io import atomic_write_dir
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(tmp)
+            self.model.save_pretrained(tmp, state_dict=model_state)
             if hasattr(self.tokenizer, "save_pretrained"):  # None for token-id-only envs
                 self.tokenizer.save_pretrained(tmp)
             if self.value_head is not None:
                 state = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
                 save_file(state, tmp / VALUE_HEAD_FILE)
             if self.value_model is not None:
-                self.value_model.save_pretrained(tmp / VALUE_MODEL_DIR)
+                self.value_model.save_pretrained(tmp / VALUE_MODEL_DIR, state_dict=value_model_state)
 
         atomic_write_dir(directory, write)

@@ -70,8 +70,8 @@ class PPO(Agent):
     config_class = PPOConfig
     needs_values = True
 
-    def __init__(self, env, config: PPOConfig | None = None, policy=None):
-        super().__init__(env, config, policy)
+    def __init__(self, env, config: PPOConfig | None = None, policy=None, sharding=None):
+        super().__init__(env, config, policy, sharding)
         if self.config.n_minibatches > self.env.num_envs:
             raise ValueError(
                 f"n_minibatches={self.config.n_minibatches} exceeds the batch (num_envs={self.env.num_envs})"

@@ -66,8 +66,8 @@ class REINFORCE(Agent):
 
     config_class = REINFORCEConfig
 
-    def __init__(self, env, config: REINFORCEConfig | None = None, policy=None):
-        super().__init__(env, config, policy)
+    def __init__(self, env, config: REINFORCEConfig | None = None, policy=None, sharding=None):
+        super().__init__(env, config, policy, sharding)
         self.moving_average = MovingAverageBaseline(self.config.baseline_momentum)
 
     def baseline(self, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Performance runs: the Gym loop against raw generation, cost growth with context, update
-throughput, memory, the cost of KL shaping, and an audit of host reads in the rollout loop.
+throughput, memory, the cost of KL shaping, an audit of host reads in the rollout loop, and FSDP's
+per-rank memory and rollout cost (``benchmarks/sharded.py``, 2 ranks).
 
     from tokengym.benchmarks.perf import run_perf
     run_perf("benchmarks/results/perf-cpu")          # tokengym bench --perf --out ...
@@ -66,15 +67,21 @@ class Sizes:
     """Batch of the KL-shaped cost comparison."""
     train_iterations: int
     """PPO iterations of the peak-RSS training run."""
+    fsdp_batch: int
+    """Whole batch of the FSDP runs (one process of it, and 2 sharded ranks of half each)."""
+    fsdp_new_tokens: int
+    """T of the FSDP runs: the sharded rollout all-gathers every block once per token."""
 
 
 FULL = Sizes(
     prompt_tokens=16, new_tokens=32, repeats=5, seconds=20.0, contexts=(32, 128, 512, 1024), growth_steps=16,
     uncached_steps=2, update_batch=16, update_new_tokens=16, kl_batch=16, train_iterations=3,
+    fsdp_batch=4, fsdp_new_tokens=16,
 )
 QUICK = Sizes(
     prompt_tokens=4, new_tokens=6, repeats=2, seconds=0.0, contexts=(8, 16, 32, 64), growth_steps=4,
     uncached_steps=1, update_batch=4, update_new_tokens=4, kl_batch=4, train_iterations=1,
+    fsdp_batch=2, fsdp_new_tokens=4,
 )
 
 GOALS = {"rollout_ratio": 0.95, "cost_growth": 1.5, "kl_shaped_ratio": 2.1, "host_reads_per_step": 0}
@@ -645,7 +652,8 @@ def run_perf(
     """Measure everything, write ``out_dir/perf.json`` and two PNG plots; returns the results.
 
     The update-throughput, memory and host-read runs use ``models[0]``; the cost-growth curve uses
-    ``"gpt2-small-random"`` (1024 positions) if it is among ``models``, else ``models[0]``.
+    ``"gpt2-small-random"`` (1024 positions) if it is among ``models``, else ``models[0]``; so do
+    the FSDP runs (two launches of fresh processes: one unsharded, 2 sharded ranks).
     """
     from tqdm.auto import tqdm
     import transformers
@@ -656,7 +664,7 @@ def run_perf(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     growth_model = "gpt2-small-random" if "gpt2-small-random" in models else models[0]
-    bar = tqdm(total=len(models) * (len(batches) + 1) + 5, disable=not progress, unit="run", dynamic_ncols=True)
+    bar = tqdm(total=len(models) * (len(batches) + 1) + 6, disable=not progress, unit="run", dynamic_ncols=True)
 
     def task(label: str):
         bar.set_description(label)
@@ -709,6 +717,13 @@ def run_perf(
     task(f"host reads {models[0]}")
     results["host_reads"] = audit_host_reads(built[models[0]], device)
     bar.update()
+    task(f"FSDP memory and rollout {lora_model}")
+    from tokengym.benchmarks.sharded import measure_sharded
+
+    results["fsdp"] = {"model": lora_model, **measure_sharded(
+        out_dir, lora_model, quick=quick, device=device, batch=sizes.fsdp_batch, prompt_tokens=sizes.prompt_tokens,
+        new_tokens=sizes.fsdp_new_tokens, repeats=sizes.repeats)}
+    bar.update()
     bar.close()
 
     results["summary"] = summarize(results)
@@ -743,5 +758,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "rollout_storage_bytes_per_token": results["memory"]["rollout_storage"]["bytes_per_token"],
         "host_reads_per_step_fast_path": fast_reads,
         "host_reads_goal_met": fast_reads <= GOALS["host_reads_per_step"],
+        **({} if "skipped" in results["fsdp"] else {
+            "fsdp_training_state_ratio": results["fsdp"]["training_state_ratio"],
+            "fsdp_peak_memory_ratio": results["fsdp"]["peak_memory_ratio"],
+            "fsdp_peak_memory_ratio_above_baseline": results["fsdp"]["peak_memory_ratio_above_baseline"],
+            "fsdp_allgather_seconds_per_token": results["fsdp"]["allgather_seconds_per_token"],
+            "fsdp_gathered_rollout_speedup": results["fsdp"]["gathered_rollout_speedup"],
+        }),
     }
 

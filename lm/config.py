@@ -85,7 +85,10 @@ def text(default: str | None, metavar: str) -> Any:
 
 
 def one_of(default: Any, choices: Sequence[Any]) -> Any:
-    """A dataclass field whose value must be one of ``choices``."""
+    """A dataclass field whose value must be one of ``choices``; for a list field (a list
+    ``default``), each of its items."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"choices": tuple(choices)})
     return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
 
 
@@ -98,8 +101,11 @@ def check_fields(config: Any) -> None:
             continue
         if "range" in f.metadata and not f.metadata["range"].contains(value):
             raise ConfigError(f.name, value, f.metadata["range"].describe())
-        if "choices" in f.metadata and value not in f.metadata["choices"]:
-            raise ConfigError(f.name, value, f"one of {', '.join(map(str, f.metadata['choices']))}")
+        if "choices" in f.metadata:
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if item not in f.metadata["choices"]:
+                    raise ConfigError(f.name, item, f"one of {', '.join(map(str, f.metadata['choices']))}")
 
 
 def check_range(name: str, value: Any, low: float, high: float, *, low_open=False, high_open=False, integer=False):

@@ -8,9 +8,10 @@ reads them and joins the group (gloo on CPU, NCCL on CUDA).
 
 The semantics they serve (``docs/architecture.md``, "Data parallel"): each rank holds one shard of
 a global batch; batch statistics are taken over the global batch with :func:`sum_across_ranks`;
-gradients are summed with :func:`sum_gradients` once per optimizer step; decisions that change
-control flow (skip a step, stop an epoch, end a rollout) are agreed with :func:`all_ranks`, so no
-rank waits in a collective that another rank skipped.
+gradients are summed with :func:`sum_gradients` once per optimizer step (under FSDP,
+:mod:`tokengym.lm.fsdp`, only the replicated ones: FSDP reduce-scatters the sharded gradients in
+the backward); decisions that change control flow (skip a step, stop an epoch, end a rollout) are
+agreed with :func:`all_ranks`, so no rank waits in a collective that another rank skipped.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "all_ranks", "broadcast_parameters", "is_distributed", "mean_across_ranks",
-    "process_group", "sum_across_ranks", "sum_gradients", "world",
+    "all_ranks", "broadcast_object", "broadcast_parameters", "is_distributed", "max_across_ranks",
+    "mean_across_ranks", "process_group", "sum_across_ranks", "sum_gradients", "world",
 ]
 
 
@@ -122,3 +123,21 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
         return
     for tensor in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(tensor.data, src=0)
+
+
+def max_across_ranks(count: int, device: str | torch.device = "cpu") -> int:
+    """The largest of every rank's ``count`` (one collective; ``count`` alone with one rank)."""
+    if not is_distributed():
+        return count
+    value = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
+def broadcast_object(value=None):
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself with one rank."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

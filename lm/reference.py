@@ -157,9 +157,10 @@ class Reference:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None, state_dict: dict | None = None) -> None:
         """Write π_ref as a plain model directory that ``AutoModelForCausalLM`` loads, with its
-        generation config and ``tokenizer`` (none when None: a token-id-only env).
+        generation config and ``tokenizer`` (none when None: a token-id-only env). ``state_dict``:
+        the full weights of a sharded π_ref (:func:`tokengym.lm.fsdp.full_state_dict`).
 
         For :meth:`adapters_off` this is the base model's own weights, adapters left out, so a LoRA
         run's ``reference/`` is the full base model, once.
@@ -167,7 +168,7 @@ class Reference:
         if is_peft_model(self.model):
             self.model.get_base_model().save_pretrained(directory, state_dict=base_state_dict(self.model))
         else:
-            self.model.save_pretrained(directory)
+            self.model.save_pretrained(directory, state_dict=state_dict)
         if hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(directory)
 

@@ -63,6 +63,11 @@ def test_quick_perf_run_writes_every_figure(tmp_path, one_thread):
     assert lora["ratio"] == saved["summary"]["lora_over_full_peak_memory"] < 1
     assert saved["memory"]["rollout_storage"]["bytes_per_token"] > 0
     assert set(saved["host_reads"]) == {"fast_path", "kl_shaped", "padded_prompts"}
+    # FSDP over 2 ranks: each holds half the parameter, gradient and Adam bytes (counted from its shards)
+    fsdp = saved["fsdp"]
+    assert fsdp["training_state_ratio"] == saved["summary"]["fsdp_training_state_ratio"] == pytest.approx(0.5, abs=1e-3)
+    assert len(fsdp["sharded"]["rollout_seconds"]["gathered"]) == len(fsdp["sharded"]["rollout_seconds"]["sharded"]) > 0
+    assert set(fsdp["peak_memory_ratio"]) == {"rollout", "update"}
     assert set(saved["summary"]) >= {"rollout_ratio_min", "cost_growth", "kl_shaped_ratio", "rescore_saved", "host_reads_per_step_fast_path"}
     for path, value in numbers(saved):
         assert math.isfinite(value) and value >= 0, path

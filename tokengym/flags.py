@@ -38,6 +38,8 @@ def flag_kwargs(field: dataclasses.Field) -> dict[str, Any]:
     if base == "bool":
         return {"action": argparse.BooleanOptionalAction}
     if base.startswith(("list[", "tuple[")):
+        if choices is not None:  # each value one of them
+            return {"nargs": "+", "choices": list(choices), "metavar": "{" + ",".join(choices) + "}"}
         return {"nargs": "+", "metavar": "NAME"}
     kind = {"int": int, "float": float, "str": str}.get(base)
     if kind is None:
@@ -97,6 +99,8 @@ def add_agent_flags(group, configs: Mapping[str, type], *, exclude: Sequence[str
 
 def _default_text(field: dataclasses.Field) -> str:
     value = field.default if field.default is not dataclasses.MISSING else None
+    if field.default_factory is not dataclasses.MISSING:  # a list's default
+        value = field.default_factory()
     return "none" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tokengym.agents import AGENTS, Agent, AgentConfig
+from tokengym.agents.sharding import ROLLOUT_MODES
 from tokengym.lm.config import ConfigError, bounded, check_fields, one_of, parse_value, text
 from tokengym.lm.errors import UsageError, bad_value
 from tokengym.rewards import ESTIMATORS, REWARD_NAMES
+from tokengym.tracking import REPORTERS, check_trackers
 
 __all__ = [
     "TrainSettings", "Plan", "Resolved", "resolve", "plan", "read_prompts_file", "flag", "RUN_FILE", "METRICS_FILE",
@@ -129,6 +131,16 @@ class TrainSettings:
     """Checkpoint every this many iterations and at the end (default: never)."""
     keep_checkpoints: int = bounded(2, at_least=1, integer=True)
     """Keep the newest this many checkpoints."""
+    fsdp: bool = False
+    """Under torchrun: shard the policy's weights, gradients and Adam state, and π_ref, over the processes
+    (PyTorch FSDP2, one unit per transformer block), for a model whose training state does not fit one device."""
+    fsdp_rollout: str = one_of("auto", ROLLOUT_MODES)
+    """With --fsdp, the rollout's weights: gathered once per rollout (fast, needs the full weights in memory),
+    sharded (an all-gather per block and token), or auto (gathered if they take at most half the free memory)."""
+    report_to: list[str] = one_of(["none"], REPORTERS)
+    """Experiment trackers that receive the settings, every metrics.jsonl line and the final samples: tensorboard
+    (OUT/tensorboard), wandb (WANDB_MODE=offline works without a network), several, or none
+    (needs pip install 'tokengym[track]')."""
 
     def __post_init__(self):
         try:
@@ -262,6 +274,10 @@ def plan(resolved: Resolved) -> Plan:
     if n_minibatches > s.batch_size:
         raise bad_value("--batch-size", s.batch_size, f"at least n_minibatches={n_minibatches} episodes for --agent {s.agent}")
     _check_device(s.device)
+    _check_sharding(s, given)
+    if "none" in s.report_to and len(s.report_to) > 1:
+        raise bad_value("--report-to", _show(s.report_to), "none alone, or trackers without none")
+    check_trackers(s.report_to)
     if not resolved.resuming:
         _check_out(resolved.run_dir)
     return Plan(agent_class, config, env_kwargs, _policy_kwargs(s))
@@ -412,6 +428,22 @@ def _check_device(device: str) -> None:
         raise bad_value("--device", device, "a torch device such as cpu, cuda or cuda:1") from None
     if kind.type == "cuda" and not torch.cuda.is_available():
         raise bad_value("--device", device, "an available device (torch sees no CUDA device here)")
+
+
+def _check_sharding(s: TrainSettings, given: frozenset[str]) -> None:
+    """--fsdp needs several processes, full fine-tuning and bfloat16 or float32; --fsdp-rollout needs --fsdp."""
+    if "fsdp_rollout" in given and not s.fsdp:
+        raise bad_value("--fsdp-rollout", s.fsdp_rollout, "--fsdp too (it chooses the sharded rollout's weights)")
+    if not s.fsdp:
+        return
+    if s.lora is not None:
+        raise bad_value("--lora", s.lora, "no --fsdp (LoRA's trainable state is small: train it unsharded)")
+    if s.dtype == "float16":
+        raise bad_value("--dtype", s.dtype, "bfloat16 or float32 with --fsdp (float16's loss scaling would need "
+                        "a sharded gradient scaler)")
+    if "fsdp" in given and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise UsageError("--fsdp: expected a launch of 2 or more processes (torchrun --nproc-per-node N -m tokengym "
+                         "train --fsdp ...); one process holds the whole model anyway")
 
 
 def _check_out(run_dir: Path) -> None:

@@ -1,5 +1,6 @@
 """``tokengym train``: train one agent on one env, with metrics, a learning curve, periodic
-checkpoints and bit-identical resume.
+checkpoints and bit-identical resume, optionally sharded (``--fsdp``) and reported to experiment
+trackers (``--report-to``, :mod:`tokengym.tracking`).
 
 The command runs in three phases, so that a bad flag never costs a model load or leaves files:
 
@@ -88,14 +89,15 @@ def run(resolved: Resolved, plan_: Plan, progress: bool = True) -> list[dict]:
     """Build the env and the agent, train (resuming from the newest valid checkpoint), write outputs.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process runs this: each rank
-    trains its shard of the global batch, and rank 0 alone writes (``docs/architecture.md``)."""
+    trains its shard of the global batch, and rank 0 alone writes and reports
+    (``docs/architecture.md``); with ``--fsdp`` every rank also writes its shards of each checkpoint."""
     from tokengym.lm import distributed
 
     with distributed.process_group(resolved.settings.device) as device:
         if resolved.resuming:
             _check_world_size(resolved.run_dir)
         plan_.env_kwargs["device"] = device
-        return _run(resolved, plan_, progress and distributed.world()[0] == 0)
+        return _run(resolved, plan_, progress)
 
 
 def _check_world_size(run_dir: Path) -> None:
@@ -109,17 +111,19 @@ def _check_world_size(run_dir: Path) -> None:
                         f"(torchrun --nproc-per-node {recorded}); this launch has {world()[1]}")
 
 
-def _run(resolved: Resolved, plan_: Plan, progress: bool) -> list[dict]:
+def _run(resolved: Resolved, plan_: Plan, show: bool) -> list[dict]:
     from tqdm.auto import tqdm
 
     import tokengym.envs  # noqa: F401  (registers the envs)
     from tokengym.agents import checkpoint
     from tokengym.alarm import OveroptimizationAlarm
     from tokengym.lm.distributed import all_ranks, world
+    from tokengym.tracking import Trackers
 
     s, run_dir = resolved.settings, resolved.run_dir
     rank, world_size = world()
     writer = rank == 0  # the one process that writes files and speaks
+    progress = show and writer
     run_id = _run_id(resolved)
     path = None
     if resolved.resuming and writer:
@@ -158,31 +162,41 @@ def _run(resolved: Resolved, plan_: Plan, progress: bool) -> list[dict]:
     alarm = OveroptimizationAlarm(max_kl=s.kl_alarm, min_entropy=s.entropy_alarm)
     bar = tqdm(total=s.episodes, initial=min(learner.episodes, s.episodes), unit="ep", disable=not progress,
                dynamic_ncols=True, desc=f"{s.agent} {s.env}")
+    trackers = Trackers(s.report_to if writer else [], run_dir, run_id,
+                        json.loads((run_dir / RUN_FILE).read_text()) if writer else {})
     metrics_file = metrics_path.open("a") if writer else contextlib.nullcontext()
     with metrics_file as metrics, bar:  # the bar closes (and leaves its line) on errors too
         while learner.episodes < s.episodes:
             stats = learner.train_iteration()
             bar.update(world_size * s.batch_size)
-            if not writer:
-                continue
-            metrics.write(json.dumps(stats) + "\n")
-            metrics.flush()
-            bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl_ref']:.2f}")
-            for message in alarm.check(stats):  # once per quantity, as one line (not a Python warning)
-                bar.write(f"tokengym train: warning: {message}", file=sys.stderr)
             done = learner.episodes >= s.episodes
-            if s.save_every is not None and (learner.iteration % s.save_every == 0 or done):
-                os.fsync(metrics.fileno())
+            save = s.save_every is not None and (learner.iteration % s.save_every == 0 or done)
+            if writer:
+                metrics.write(json.dumps(stats) + "\n")
+                metrics.flush()
+                trackers.log_metrics(stats)
+                bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl_ref']:.2f}")
+                for message in alarm.check(stats):  # once per quantity, as one line (not a Python warning)
+                    bar.write(f"tokengym train: warning: {message}", file=sys.stderr)
+                if save:
+                    os.fsync(metrics.fileno())
+            if save and (writer or learner.sharded):  # under FSDP every rank writes its shards
                 checkpoint.write_checkpoint(learner, run_dir, run_id, s.keep_checkpoints)
     history = learner.history
-    if not writer:
-        return history
-    if progress:
-        show_samples(learner)
-    beta = getattr(envs.unwrapped.reward, "beta", None)
-    plot_curve(history, run_dir / "curve.png", title=f"{s.agent} on {s.env} ({plan_.env_kwargs.get('reward', 'reward model')})",
-               beta=beta)
-    _save_final(learner, run_dir)
+    samples = []
+    if (show or s.report_to != ["none"]) and (writer or learner.sharded):  # sharded forwards need every rank
+        with learner.rollout_weights():
+            samples = sample_continuations(learner)
+    if writer:
+        if progress:
+            show_samples(samples)
+        trackers.log_samples(samples, learner.episodes)
+        beta = getattr(envs.unwrapped.reward, "beta", None)
+        plot_curve(history, run_dir / "curve.png",
+                   title=f"{s.agent} on {s.env} ({plan_.env_kwargs.get('reward', 'reward model')})", beta=beta)
+    if writer or learner.sharded:
+        _save_final(learner, run_dir)
+    trackers.close()
     return history
 
 
@@ -206,6 +220,7 @@ def _build(s: TrainSettings, plan_: Plan):
     import gymnasium as gym
 
     from tokengym.agents.policy import Policy
+    from tokengym.agents.sharding import Sharding
 
     env_kwargs = dict(plan_.env_kwargs)
     flag, value = "--env", s.env
@@ -224,7 +239,8 @@ def _build(s: TrainSettings, plan_: Plan):
         policy = Policy.from_pretrained(env.model, device=env.device, value_head=plan_.agent_class.needs_values,
                                         **policy_kwargs)
         flag, value = "--agent", s.agent
-        learner = plan_.agent_class(envs, plan_.config, policy=policy)
+        sharding = Sharding(rollout=s.fsdp_rollout) if s.fsdp else None
+        learner = plan_.agent_class(envs, plan_.config, policy=policy, sharding=sharding)
     except (ValueError, TypeError, OSError) as exc:  # a setting or a model the env or agent refuses
         raise UsageError(f"{flag} {value}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return envs, learner
@@ -284,18 +300,25 @@ def sample_continuations(learner, n: int = 3, seed: int = 0) -> list[tuple[str, 
     return list(zip(texts, before, after))
 
 
-def show_samples(learner) -> None:
-    """Print three continuations of the reference (before) and the trained policy (after)."""
+def show_samples(samples: list[tuple[str, str, str]]) -> None:
+    """Print :func:`sample_continuations`: the reference's (before) and the trained policy's (after)."""
+    if not samples:
+        return
     print("samples, π_ref (before) and the trained π_θ (after), same prompts and random numbers:")
-    for prompt, before, after in sample_continuations(learner):
+    for prompt, before, after in samples:
         print(f"  {prompt!r}\n    before: {before!r}\n    after:  {after!r}")
 
 
 def _save_final(learner, run_dir: Path) -> None:
     """``policy/``, ``reference/`` and the agent's resumable state replace the old ones in
     ``run_dir`` as one transaction (:func:`~tokengym.lm.io.replace_entries`): after a crash, a
-    reader sees all the old ones or all the new ones."""
-    replace_entries(run_dir, learner.save(run_dir / ".final.tmp"))
+    reader sees all the old ones or all the new ones. A sharded agent's every rank takes part in
+    the save; rank 0 replaces."""
+    from tokengym.lm.distributed import world
+
+    staging = learner.save(run_dir / ".final.tmp")
+    if world()[0] == 0:
+        replace_entries(run_dir, staging)
 
 
 def train(env_id: str, agent: str, *, episodes: int, out: str | Path, progress: bool = True, **options) -> list[dict]:
