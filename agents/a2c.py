@@ -24,8 +24,8 @@ __all__ = ["A2C", "A2CConfig"]
 class A2CConfig(AgentConfig):
     """A2C's settings; each field's range is checked on construction."""
 
-    lr: float = bounded(3e-4, above=0)
-    """Adam learning rate (tuned on Sentiment-v0 over 3 seeds: BENCHMARKS.md, kl-sentiment)."""
+    lr: float = bounded(1.5e-4, above=0)
+    """Adam learning rate (for 8,192 episodes in batches of 64 on Sentiment-v0: BENCHMARKS.md, kl-sentiment)."""
     gae_lambda: float = bounded(0.95, at_least=0, at_most=1)
     """GAE λ; ignored when n_steps is set."""
     n_steps: int | None = bounded(None, at_least=1, integer=True)

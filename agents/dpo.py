@@ -33,7 +33,7 @@ __all__ = ["DPO", "DPOConfig", "dpo_loss"]
 class DPOConfig(AgentConfig):
     """Online DPO's settings; each field's range is checked on construction."""
 
-    lr: float = bounded(2.5e-4, above=0)
+    lr: float = bounded(1.25e-4, above=0)
     """Adam learning rate (REINFORCE's default; not tuned for DPO on language)."""
     group_size: int = bounded(2, at_least=2, at_most=2, integer=True)
     """Samples per prompt: one pair, so exactly 2."""

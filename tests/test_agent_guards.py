@@ -20,7 +20,7 @@ def calibration_env(num_envs=4, **kwargs):
 
 def test_record_episode_statistics_sees_every_episode():
     envs = RecordEpisodeStatistics(calibration_env())
-    agent = REINFORCE(envs)
+    agent = REINFORCE(envs, REINFORCEConfig(group_size=4))
     history = agent.learn(8)
     assert envs.episode_count == 8 and len(envs.return_queue) == 8
     assert list(envs.length_queue) == [3] * 8
@@ -73,7 +73,7 @@ def inject(agent, where):
     ("loss", "loss = nan"), ("gradient", "gradient norm = "), ("reward", r"reward in rows \[1\]"),
 ])
 def test_each_fault_skips_the_update_warns_then_stops(where, quantity):
-    agent = REINFORCE(calibration_env(), REINFORCEConfig(lr=1e-2, max_skipped_updates=2))
+    agent = REINFORCE(calibration_env(), REINFORCEConfig(lr=1e-2, max_skipped_updates=2, group_size=4))
     inject(agent, where)
     before = weights(agent)
     with pytest.warns(RuntimeWarning, match=f"iteration 1: non-finite {quantity}"):
@@ -86,7 +86,7 @@ def test_each_fault_skips_the_update_warns_then_stops(where, quantity):
 
 
 def test_a_finite_update_resets_the_count():
-    agent = REINFORCE(calibration_env(), REINFORCEConfig(lr=1e-2, max_skipped_updates=2))
+    agent = REINFORCE(calibration_env(), REINFORCEConfig(lr=1e-2, max_skipped_updates=2, group_size=4))
     loss = agent.loss
     agent.loss = lambda *args, **kwargs: (next(agent.policy.parameters()).sum() * math.nan, {})
     with pytest.warns(RuntimeWarning):
@@ -102,7 +102,7 @@ def test_max_skipped_updates_is_validated():
 
 
 def test_load_restores_which_parameters_train(tmp_path):
-    agent = REINFORCE(calibration_env())
+    agent = REINFORCE(calibration_env(), REINFORCEConfig(group_size=4))
     frozen = [name for name, _ in agent.policy.named_parameters()][:2]
     for name, p in agent.policy.named_parameters():
         p.requires_grad_(name not in frozen)
@@ -113,7 +113,7 @@ def test_load_restores_which_parameters_train(tmp_path):
 
 
 def test_an_update_that_can_change_nothing_raises():
-    agent = REINFORCE(calibration_env())
+    agent = REINFORCE(calibration_env(), REINFORCEConfig(group_size=4))
     agent.policy.requires_grad_(False)
     with pytest.raises(RuntimeError, match="no trainable parameter"):
         agent.train_iteration()

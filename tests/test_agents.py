@@ -44,7 +44,7 @@ def test_invalid_configs_name_the_field(config_class, field, value, match):
 
 
 def test_reinforce_groups_prompts_only_for_the_leave_one_out_baseline():
-    assert REINFORCEConfig().group_size == 4  # RLOO compares the samples of one prompt
+    assert REINFORCEConfig().group_size == 16  # RLOO compares the samples of one prompt
     assert REINFORCEConfig(baseline="moving-average").group_size == 1  # no use for groups: distinct prompts
     assert REINFORCEConfig(baseline="none").group_size == 1
     assert REINFORCEConfig(baseline="none", group_size=2).group_size == 2  # an explicit size is kept
@@ -201,7 +201,7 @@ def test_reinforce_gradient_converges_to_the_exact_gradient():
 
 
 def test_nonfinite_loss_or_gradient_never_reaches_the_weights():
-    agent = REINFORCE(calibration_env())
+    agent = REINFORCE(calibration_env(), REINFORCEConfig(group_size=4))
     before = [p.detach().clone() for p in agent.policy.parameters()]
     first = next(agent.policy.parameters())
     assert not agent.optimizer_step(first.sum() * float("nan"))
@@ -215,7 +215,7 @@ def test_nonfinite_loss_or_gradient_never_reaches_the_weights():
 @pytest.mark.parametrize(
     "agent_class, config",
     [
-        (REINFORCE, REINFORCEConfig(lr=1e-2)),
+        (REINFORCE, REINFORCEConfig(lr=1e-2, group_size=4)),
         (A2C, A2CConfig(lr=1e-2)),
         (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2)),
         (GRPO, GRPOConfig(lr=1e-2, group_size=4)),
@@ -250,7 +250,7 @@ def test_load_keeps_the_policys_autocast_dtype(tmp_path):
     which a float32 resume does not (bf16 log-probs differ from float32 ones in the third digit)."""
     env = calibration_env(num_envs=8)
     policy = Policy.from_pretrained(env.unwrapped.model, autocast_dtype=torch.bfloat16)
-    agent = REINFORCE(env, REINFORCEConfig(lr=1e-2, seed=3), policy=policy)
+    agent = REINFORCE(env, REINFORCEConfig(lr=1e-2, seed=3, group_size=4), policy=policy)
     agent.learn(8)
     agent.save(tmp_path / "ckpt")
     expected = agent.train_iteration()
@@ -272,14 +272,15 @@ def test_history_logs_the_diagnostics_each_agent_promises():
         DPO: {"reward", "kl_ref", "entropy", "tokens_per_s", "loss", "margin"},
     }
     for agent_class, keys in expectations.items():
-        history = agent_class(calibration_env(num_envs=8)).learn(8)
+        groups = {"group_size": 4} if agent_class in (REINFORCE, GRPO) else {}  # the defaults' 16 exceed the batch
+        history = agent_class(calibration_env(num_envs=8), agent_class.config_class(**groups)).learn(8)
         assert len(history) == 1 and keys <= set(history[0]), agent_class.__name__
         assert "reward/holistic" in history[0] or any(k.startswith("reward/") for k in history[0])
 
 
 KL_BETA = 0.5
 CALIBRATION_CONFIGS = [
-    (REINFORCE, REINFORCEConfig(lr=1e-2)),
+    (REINFORCE, REINFORCEConfig(lr=1e-2, group_size=4)),
     (A2C, A2CConfig(lr=1e-2, gae_lambda=1.0)),
     # PPO's defaults (one epoch of one minibatch): 0.07-0.09× the start on seeds 0-2. The former
     # 4 epochs × 4 minibatches at ε = 0.2 over-stepped π* and levelled off at KL ≈ 0.05-0.09

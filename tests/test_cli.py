@@ -21,10 +21,10 @@ def test_help_is_user_facing_and_train_help_shows_defaults_agents_and_rewards():
     train = tokengym("train", "--help")
     assert train.returncode == 0
     text = " ".join(train.stdout.split())
-    for needed in ("Episodes to train for (default: 4096)", "--agent NAME The algorithm", "(default: a2c)",
+    for needed in ("Episodes to train for (default: 8192)", "--agent NAME The algorithm", "(default: a2c)",
                    "(default: tokengym/Sentiment-v0)", "grpo Group-relative policy optimisation",
                    "{holistic,fine-grained,kl-shaped,fine-grained+kl}", "{k1,k2,k3}", "--save-every", "--resume",
-                   "--clip-eps F Ratio clip ε (default: 0.2; ppo, grpo only)", "(default: reinforce: 0.00025, a2c: 0.0003, ppo: 0.0003, grpo: 0.00025, fdpg: 0.00025, dpo: 0.00025)"):
+                   "--clip-eps F Ratio clip ε (default: 0.2; ppo, grpo only)", "(default: reinforce: 0.000125, a2c: 0.00015, ppo: 0.00015, grpo: 0.000125, fdpg: 0.000125, dpo: 0.000125)"):
         assert needed in text, needed
 
 
@@ -102,7 +102,7 @@ def test_reinforce_groups_only_with_the_leave_one_out_baseline(tmp_path):
     def config(**given):
         return plan(resolve({"agent": "reinforce", **given}, None, str(tmp_path / "run"))).config
 
-    assert (config().baseline, config().group_size) == ("leave-one-out", 4)  # RLOO by default
+    assert (config().baseline, config().group_size) == ("leave-one-out", 16)  # RLOO by default
     assert config(group_size=8).group_size == 8
     assert config(baseline="moving-average").group_size == 1  # distinct prompts without the groups' baseline
 
@@ -112,7 +112,7 @@ def test_resume_from_another_directory_and_of_a_finished_run_is_one_line_and_exi
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     work.mkdir(), elsewhere.mkdir()
     (work / "prompts.txt").write_text("The movie was\nThe food is\n")
-    flags = ["--env", "tokengym/Sentiment-v0", "--agent", "reinforce", "--prompts", "prompts.txt", "--episodes", "8",
+    flags = ["--env", "tokengym/Sentiment-v0", "--agent", "reinforce", "--group-size", "4", "--prompts", "prompts.txt", "--episodes", "8",
              "--batch-size", "4", "--max-new-tokens", "4", "--save-every", "1", "--quiet"]
     first = tokengym("train", *flags, "--out", "run", cwd=work)
     assert first.returncode == 0, first.stderr
@@ -140,7 +140,7 @@ def test_a_dependency_warning_prints_once_per_run_not_once_per_iteration(tmp_pat
         "                   scorer=Noisy))\n"
         "register_env('noisy')\n"
         "from tokengym.cli import main\n"
-        f"sys.exit(main(['train', '--env', 'tokengym/Noisy-v0', '--agent', 'reinforce', '--episodes', '32', '--batch-size', '4',"
+        f"sys.exit(main(['train', '--env', 'tokengym/Noisy-v0', '--agent', 'reinforce', '--group-size', '4', '--episodes', '32', '--batch-size', '4',"
         f" '--out', {str(tmp_path / 'run')!r}, '--quiet']))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -100,7 +100,8 @@ def kl_env(num_envs=8, temperature=1.0):
 @pytest.mark.parametrize("name", list(AGENTS))
 def test_at_any_temperature_the_penalty_is_zero_at_init_and_equals_the_logged_kl(name, temperature):
     agent_class, config_class = AGENTS[name]
-    agent = agent_class(kl_env(temperature=temperature), config_class(lr=1e-2))
+    groups = {"group_size": 4} if name in ("reinforce", "grpo") else {}
+    agent = agent_class(kl_env(temperature=temperature), config_class(lr=1e-2, **groups))
     assert agent.policy.sampling.temperature == temperature == agent.reference.temperature
     rollout = agent.collect()  # π_θ = π_ref: the penalty must be exactly 0 at every step
     assert rollout.components["kl_penalty"].abs().max() < 1e-6
@@ -150,7 +151,7 @@ def test_reference_is_held_once_and_stepped_once_per_token_never_teacher_forced(
     before = live_models()
     agent_class, config_class = AGENTS[name]
     env = kl_env(num_envs=8)
-    agent = agent_class(env, config_class())
+    agent = agent_class(env, config_class(**({"group_size": 4} if name in ("reinforce", "grpo") else {})))
     new = live_models() - before
     assert len(new) == 2, len(new)  # the policy and one π_ref, shared by the env's reward and the agent
     assert agent.reference is env.unwrapped.reference
@@ -165,7 +166,7 @@ def test_reference_is_held_once_and_stepped_once_per_token_never_teacher_forced(
 
 def test_without_a_kl_reward_the_agent_scores_the_same_reference_once_per_rollout():
     env = gym.make_vec("tokengym/Calibration-v0", num_envs=8)
-    agent = GRPO(env, GRPOConfig())
+    agent = GRPO(env, GRPOConfig(group_size=4))
     assert not env.unwrapped.steps_reference and agent.reference is env.unwrapped.reference
     widths = []
     agent.reference.model.register_forward_hook(
@@ -179,7 +180,7 @@ def test_a_user_reference_is_honoured_by_the_penalty_and_the_logged_kl():
     other = perturbed(calibration.build_reference_model(), scale=0.5)
     env = gym.make_vec("tokengym/Calibration-v0", num_envs=8, reward="kl-shaped",
                        reward_kwargs={"beta": BETA, "ref_model": other})
-    agent = REINFORCE(env, REINFORCEConfig())
+    agent = REINFORCE(env, REINFORCEConfig(group_size=4))
     assert agent.reference.model is other
     stats = agent.train_iteration()
     assert stats["kl_ref"] > 0.01  # π_θ starts at the calibration model, far from `other`

@@ -28,7 +28,7 @@ def lora_agent(model_dir, **env_kwargs):
         reward=KLShaped(Holistic(LengthScore()), beta=0.1), **env_kwargs,
     )
     policy = Policy.from_pretrained(str(model_dir), lora=LoRAConfig(rank=4, alpha=8))
-    return REINFORCE(env, REINFORCEConfig(lr=3e-2, seed=0), policy=policy)
+    return REINFORCE(env, REINFORCEConfig(lr=3e-2, seed=0, group_size=4), policy=policy)
 
 
 def causal_lms_alive() -> set[int]:

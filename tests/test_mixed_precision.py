@@ -21,7 +21,7 @@ def calibration_env(num_envs=8, **kwargs):
 def fp16_agent(lr=1e-3, seed=0, num_envs=8) -> REINFORCE:
     env = calibration_env(num_envs)
     policy = Policy.from_pretrained(env.unwrapped.model, autocast_dtype=torch.float16)
-    return REINFORCE(env, REINFORCEConfig(lr=lr, seed=seed), policy=policy)
+    return REINFORCE(env, REINFORCEConfig(lr=lr, seed=seed, group_size=4), policy=policy)
 
 
 def tiny_loss(policy: Policy, rollout, scale: float) -> torch.Tensor:
@@ -123,7 +123,7 @@ def test_under_bf16_the_teacher_forced_reference_matches_the_policy_at_init():
     GRPO's KL term and the logged KL are exactly 0 before the first update."""
     from tokengym.agents import GRPO, GRPOConfig
 
-    agent = sentiment_agent(GRPO, GRPOConfig(seed=0))
+    agent = sentiment_agent(GRPO, GRPOConfig(seed=0, group_size=4))
     assert not agent.env.steps_reference
     rollout = agent.collect()
     assert torch.where(rollout.mask, rollout.old_logprobs - rollout.ref_logprobs, 0.0).abs().max() < 1e-6

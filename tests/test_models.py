@@ -8,7 +8,7 @@ import torch
 
 import tokengym  # noqa: F401  (registers the envs)
 from tiny_models import ARCHITECTURES, LengthScore, save_tiny
-from tokengym.agents import REINFORCE, Policy
+from tokengym.agents import REINFORCE, Policy, REINFORCEConfig
 from tokengym.lm.cached_lm import CachedLM
 from tokengym.lm.lora import LoRAConfig
 from tokengym.lm.reference import Reference
@@ -98,7 +98,7 @@ def test_lora_save_load_and_one_agent_iteration(model_dirs, arch, tmp_path, one_
         "tokengym/Custom-v0", num_envs=4, model=str(model_dirs[arch]), prompts=["the movie was", "i love"],
         reward=Holistic(LengthScore()), max_new_tokens=4,
     )
-    stats = REINFORCE(env).train_iteration()
+    stats = REINFORCE(env, REINFORCEConfig(group_size=4)).train_iteration()
     assert stats["episodes"] == 4 and abs(stats["kl_ref"]) < 1e-4  # first batch: π_θold == π_ref
 
 

@@ -25,7 +25,8 @@ EPISODES, BATCH, SAVE_EVERY = 24, 4, 2  # 6 iterations, checkpoints at 2, 4, 6
 
 
 def command(agent: str, out: Path, seed: int = 0) -> list[str]:
-    return ["train", "--env", "tokengym/Calibration-v0", "--agent", agent, "--episodes", str(EPISODES),
+    groups = ["--group-size", "4"] if agent in ("reinforce", "grpo") else []  # the defaults' 16 exceed the batch
+    return ["train", "--env", "tokengym/Calibration-v0", "--agent", agent, *groups, "--episodes", str(EPISODES),
             "--batch-size", str(BATCH), "--lr", "0.01", "--seed", str(seed), "--save-every", str(SAVE_EVERY),
             "--out", str(out), "--quiet"]
 
@@ -201,7 +202,7 @@ def test_an_adaptive_beta_anywhere_in_the_reward_tree_is_checkpointed(tmp_path):
         shaped = make_reward("kl-shaped", task_scorer=CalibrationScorer(), beta=AdaptiveKL(0.1, target=100.0, horizon=8))
         return gym.make_vec("tokengym/Calibration-v0", num_envs=8, reward=SideScores(shaped, {}))
 
-    agent = REINFORCE(env(), REINFORCEConfig(lr=1e-2))
+    agent = REINFORCE(env(), REINFORCEConfig(lr=1e-2, group_size=4))
     agent.learn(total_episodes=16)
     beta = agent.env.reward.reward.beta
     assert beta == pytest.approx(0.1 * math.exp(-0.4))  # the KL stays far below its target: two steps down

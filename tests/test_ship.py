@@ -13,7 +13,7 @@ SENTENCE = "the movie was great and the food was good"
 
 def test_saved_policy_and_reference_load_and_generate_with_transformers_alone(tmp_path, one_thread):
     env = gym.make_vec("tokengym/Sentiment-v0", num_envs=4, max_new_tokens=4)
-    agent = REINFORCE(env, REINFORCEConfig(lr=1e-3, seed=0))
+    agent = REINFORCE(env, REINFORCEConfig(lr=1e-3, seed=0, group_size=4))
     agent.learn(8)
     agent.save(tmp_path / "run")
     env_tokenizer = env.unwrapped.tokenizer

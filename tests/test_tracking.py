@@ -8,12 +8,14 @@ from __future__ import annotations
 import ast
 import json
 import sys
+import time
 
 import pytest
 
 from tokengym.cli import main
 
-RUN = ["train", "--env", "tokengym/Calibration-v0", "--agent", "reinforce", "--episodes", "16", "--batch-size", "8"]
+RUN = ["train", "--env", "tokengym/Calibration-v0", "--agent", "reinforce", "--group-size", "4", "--episodes", "16",
+       "--batch-size", "8"]
 
 
 def metrics(out) -> list[dict]:
@@ -64,7 +66,12 @@ def test_wandb_offline_writes_its_run_directory(tmp_path, capsys, monkeypatch, o
     samples = printed_samples(capsys.readouterr().out)
     run_id = json.loads((out / "run.json").read_text())["run_id"]
     (run,) = (out / "wandb").glob(f"offline-run-*-{run_id}")  # the W&B run has the tokengym run's id
-    records = (run / f"run-{run_id}.wandb").read_bytes()  # W&B's log of protobuf records, values as JSON text
+    log = run / f"run-{run_id}.wandb"  # W&B's log of protobuf records, values as JSON text
+    for _ in range(60):  # W&B's own service process writes it; on a loaded machine it can trail finish()
+        records = log.read_bytes()
+        if b"tokengym/Calibration-v0" in records and b"iteration" in records:
+            break
+        time.sleep(0.5)
     for row in metrics(out):
         for key, value in row.items():
             assert key.encode() in records, key

@@ -129,7 +129,7 @@ def test_late_rewards_reach_the_agents_rollout():
     from tokengym.agents import REINFORCE, REINFORCEConfig
 
     envs = make_envs(reward=CountingFunction(), max_new_tokens=6)
-    rollout = REINFORCE(envs, REINFORCEConfig(seed=0)).collect()
+    rollout = REINFORCE(envs, REINFORCEConfig(seed=0, group_size=4)).collect()
     # Each episode's return is its row_id + 1, paid on its own last valid step.
     assert rollout.scores.tolist() == (rollout.components["counting"]).tolist()
     last = rollout.mask.sum(-1) - 1

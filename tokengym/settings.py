@@ -96,9 +96,9 @@ class TrainSettings:
     """Per-token KL estimator: k1 in a KL-shaped reward; k1, k2 or k3 in GRPO's loss (default: theirs)."""
     segmenter: str | None = text(None, "NAME")
     """Segmenter of a fine-grained reward: token, sub-sentence, sentence, span:N (default: the task's)."""
-    episodes: int = bounded(4096, at_least=1, integer=True)
+    episodes: int = bounded(8192, at_least=1, integer=True)
     """Episodes to train for."""
-    batch_size: int = bounded(32, at_least=1, integer=True)
+    batch_size: int = bounded(64, at_least=1, integer=True)
     """Episodes per iteration (per process under torchrun)."""
     max_new_tokens: int | None = bounded(None, at_least=1, integer=True)
     """Episode length T (default: the env's)."""
