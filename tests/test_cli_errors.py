@@ -119,7 +119,7 @@ def test_each_bad_input_gives_its_one_line(tmp_path, capsys, request, what, flag
         assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-SUBPROCESS_ROWS = [  # the command-line items of the issues, each run as a user runs it
+SUBPROCESS_ROWS = [  # the command-line errors a user meets first, each run as a user runs it
     "env id without namespace", "negative count", "an env that needs arguments the CLI cannot pass",
     "model path that does not exist", "prompts file with an empty line", "missing run directory",
 ]
