@@ -409,14 +409,15 @@ def load_suite(suite: str | os.PathLike | Suite) -> Suite:
     if isinstance(suite, Suite):
         return suite
     path = Path(suite)
-    if not path.suffix and not path.exists():
-        packaged = SUITES_DIR / f"{suite}.toml"
-        if not packaged.exists():
-            known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
-            raise SuiteError(f"no suite {str(suite)!r}: expected one of {known} or a .toml file")
-        path = packaged
+    known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+    if not path.is_file():  # a packaged suite's name (a directory of that name, an output say, is not a suite)
+        if str(suite) not in known:
+            raise SuiteError(f"--suite {suite}: expected one of {', '.join(known)} or a suite .toml file")
+        path = SUITES_DIR / f"{suite}.toml"
     try:
         data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"--suite {suite}: expected a readable suite .toml file ({err})") from None
     except tomllib.TOMLDecodeError as err:
         raise SuiteError(f"{path}: invalid TOML ({err})") from None
     try:

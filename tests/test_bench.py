@@ -204,10 +204,18 @@ def test_suite_file_errors_name_the_file(tmp_path):
     path.write_text('envs = ["tokengym/Calibration-v0"]\nagents = ["ppo"]\n[run]\nlr = -1.0\n')
     with pytest.raises(bench.SuiteError, match=r"bad.toml: cell .*lr must be a number"):
         bench.load_suite(path)
-    with pytest.raises(bench.SuiteError, match=r"no suite 'nope'"):
+    with pytest.raises(bench.SuiteError, match=r"--suite nope: expected one of full, kl-sentiment, quick or a suite"):
         bench.load_suite("nope")
+    with pytest.raises(bench.SuiteError, match=r"--suite .*: expected one of"):
+        bench.load_suite(tmp_path)  # a directory is not a suite file
     with pytest.raises(bench.SuiteError, match=r"unknown field 'nope'"):
         bench.load_suite("quick").ablation(bench.parse_ablation(["nope=1,2"]))
+
+
+def test_a_directory_named_like_a_packaged_suite_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").mkdir()  # e.g. the suite's own --out, made in the working directory
+    assert bench.load_suite("quick").name == "quick"
 
 
 def test_bench_reports_a_bad_suite_file_in_one_line(tmp_path, capsys):
