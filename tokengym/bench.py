@@ -78,7 +78,10 @@ def add_cli(subparsers) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from tokengym.lm.loading import hub_progress_bars
+
     args.out_given = args.out is not None
     if args.out is None:
         args.out = "runs/bench"
-    return _run(args)
+    with hub_progress_bars(enabled=False):  # transformers' loading bars, once per cell, would break the suite's bar
+        return _run(args)
