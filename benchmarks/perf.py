@@ -13,8 +13,8 @@ Models: ``"embedded"`` (the shipped default) and ``"gpt2-small-random"`` (GPT-2 
 12 layers, 768 wide, 50257 tokens, 1024 positions, randomly initialised: no download). With
 ``quick=True`` the GPT-2 shape shrinks to 2 layers × 64 and every size is tiny, for CI.
 
-Over 400 lines: it is the measurements only (the figures are in ``plots.py``), and they share one
-side-by-side timing method (:func:`interleaved`, :func:`paired_ratio`) that is read with them.
+The measurements only: the timing harness is :mod:`tokengym.benchmarks.perf_harness`, the figures
+``plots.py``, FSDP's launches ``sharded.py``.
 """
 from __future__ import annotations
 
@@ -25,64 +25,21 @@ import statistics
 import subprocess
 import sys
 import time
-import traceback
-from collections import Counter
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import gymnasium as gym
 import torch
 
 from tokengym.benchmarks import plots
 from tokengym.benchmarks.memory import peak_rss_bytes
+from tokengym.benchmarks.perf_harness import (
+    FULL, QUICK, Sizes, ZeroReward, _sync, _vocab, build_model, cache_bytes, count_host_reads, env_rollout,
+    generate_rollout, interleaved, kv_min_bytes_per_token, make_env, paired_ratio, random_prompts,
+)
 
 __all__ = ["run_perf", "count_host_reads", "ZeroReward", "Sizes", "FULL", "QUICK"]
 
-
-@dataclass(frozen=True)
-class Sizes:
-    """How big each measurement is."""
-
-    prompt_tokens: int
-    """P, prompt length of every rollout (equal lengths: no padding on either side)."""
-    new_tokens: int
-    """T, tokens generated per rollout."""
-    repeats: int
-    """Least timed rounds per comparison (after one warm-up of each side); medians are reported."""
-    seconds: float
-    """More rounds (up to 5× ``repeats``) run while a comparison has taken less than this."""
-    contexts: tuple[int, ...]
-    """Contexts of the cost-growth curve (tokens attended by the step)."""
-    growth_steps: int
-    """Cached steps timed per context and repeat."""
-    uncached_steps: int
-    """Full forwards timed per context and repeat."""
-    update_batch: int
-    """Batch of the update-throughput and memory runs (divisible by GRPO's group of 4)."""
-    update_new_tokens: int
-    """T of the update-throughput and memory runs."""
-    kl_batch: int
-    """Batch of the KL-shaped cost comparison."""
-    train_iterations: int
-    """PPO iterations of the peak-RSS training run."""
-    fsdp_batch: int
-    """Whole batch of the FSDP runs (one process of it, and 2 sharded ranks of half each)."""
-    fsdp_new_tokens: int
-    """T of the FSDP runs: the sharded rollout all-gathers every block once per token."""
-
-
-FULL = Sizes(
-    prompt_tokens=16, new_tokens=32, repeats=5, seconds=20.0, contexts=(32, 128, 512, 1024), growth_steps=16,
-    uncached_steps=2, update_batch=16, update_new_tokens=16, kl_batch=16, train_iterations=3,
-    fsdp_batch=4, fsdp_new_tokens=16,
-)
-QUICK = Sizes(
-    prompt_tokens=4, new_tokens=6, repeats=2, seconds=0.0, contexts=(8, 16, 32, 64), growth_steps=4,
-    uncached_steps=1, update_batch=4, update_new_tokens=4, kl_batch=4, train_iterations=1,
-    fsdp_batch=2, fsdp_new_tokens=4,
-)
 
 GOALS = {"rollout_ratio": 0.95, "cost_growth": 1.5, "kl_shaped_ratio": 2.1, "host_reads_per_step": 0}
 """Targets: rollout tokens/s ≥ 0.95× generate; cached step at the largest context ≤ 1.5× the
@@ -94,157 +51,9 @@ smallest; a KL-shaped rollout ≤ 2.1× a reward-free one; no host read per step
 # --------------------------------------------------------------------------------------------
 
 
-class ZeroReward:
-    """A device-side reward of 0 on every step: the env's cost without any scoring work."""
-
-    def reset(self, episodes) -> None:
-        pass
-
-    def __call__(self, step) -> torch.Tensor:
-        return torch.zeros(step.actions.shape[0], device=step.actions.device)  # (B,)
-
-
-def build_model(name: str, *, quick: bool, device: str, bf16: bool) -> torch.nn.Module:
-    """The benchmark's model ``name`` in eval mode, no gradients, EOS-free ``generate``."""
-    if name == "embedded":
-        from tokengym.lm.loading import load_causal_lm
-
-        model = load_causal_lm("embedded")
-    elif name == "gpt2-small-random":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        shape = dict(n_layer=2, n_embd=64, n_head=2) if quick else dict(n_layer=12, n_embd=768, n_head=12)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **shape))
-    else:
-        raise ValueError(f"unknown perf model {name!r}; expected 'embedded' or 'gpt2-small-random'")
-    model = model.to(device, torch.bfloat16 if bf16 else torch.float32).eval().requires_grad_(False)
-    model.generation_config.eos_token_id = None  # generate() then runs exactly max_new_tokens steps
-    return model
-
-
-def make_env(model: torch.nn.Module, prompts: list[list[int]], new_tokens: int, device: str, reward=None):
-    """The fast-path batched env: token-id prompts, no stop token, no action check, no copies."""
-    return gym.make_vec(
-        "tokengym/Custom-v0", num_envs=len(prompts), device=device, model=model, prompts=prompts,
-        reward=reward if reward is not None else ZeroReward(), max_new_tokens=new_tokens,
-        stop_token_ids=[], check_actions=False, copy_observations=False,
-    ).unwrapped
-
-
-def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
-    """``batch`` random prompts of ``length`` token ids (seeded)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, length), generator=generator).tolist()
-
-
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _vocab(model: torch.nn.Module) -> int:
-    from tokengym.lm.loading import vocab_width
-
-    return vocab_width(model)
-
-
 # --------------------------------------------------------------------------------------------
 # The two rollouts being compared
 # --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def env_rollout(env, policy, generator: torch.Generator, phases: dict[str, float] | None = None):
-    """One batch of episodes through reset/step, as ``Agent.collect`` plays it (without the
-    reference re-scoring). With ``phases``, adds the seconds spent in each part (synchronising
-    the device around each: use it for a breakdown, not for the headline timing)."""
-    device = str(env.device)
-
-    def lap(name: str, start: float) -> float:
-        if phases is None:
-            return start
-        _sync(device)
-        now = time.perf_counter()
-        phases[name] = phases.get(name, 0.0) + now - start
-        return now
-
-    clock = time.perf_counter()
-    obs, _ = env.reset(seed=0)
-    P, T, B = env.prompt_width, env.max_new_tokens, env.num_envs
-    clock = lap("env_reset", clock)
-    policy.begin(obs["input_ids"][:, :P], obs["attention_mask"][:, :P].bool())
-    logprobs = torch.zeros(B, T, device=env.device)  # (B, T)
-    rewards = torch.zeros(B, T, device=env.device)  # (B, T)
-    clock = lap("prefill", clock)
-    for t in range(T):
-        step = policy.act(generator)
-        clock = lap("sampling", clock)
-        obs, reward, _, _, _ = env.step(step.actions, logprobs=step.logprobs)
-        logprobs[:, t] = step.logprobs
-        rewards[:, t] = reward
-        clock = lap("env_step", clock)
-        if t + 1 < T:
-            policy.advance(step.actions)
-            clock = lap("forward", clock)
-    _sync(device)
-    return obs, logprobs, rewards
-
-
-@torch.no_grad()
-def generate_rollout(model, prompt_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """``model.generate`` with the KV cache, sampling exactly as ``Policy.act`` does by default."""
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(
-        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
-        eos_token_id=None, pad_token_id=0, use_cache=True,
-    )
-    out = model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=config)
-    _sync(str(prompt_ids.device))
-    if out.shape[1] != prompt_ids.shape[1] + new_tokens:
-        raise RuntimeError(f"generate() made {out.shape[1] - prompt_ids.shape[1]} tokens, expected {new_tokens}")
-    return out
-
-
-def interleaved(sides: dict[str, Callable[[], Any]], sizes: Sizes) -> dict[str, list[float]]:
-    """Seconds per call of each side: one warm-up each, then rounds in which every side runs once
-    (the order flips every round), so drifting load hits every side alike. At least
-    ``sizes.repeats`` rounds; more, up to five times that, until ``sizes.seconds`` have passed."""
-    for run in sides.values():
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in sides}
-    names, start = list(sides), time.perf_counter()
-    for r in range(5 * sizes.repeats):
-        if r >= sizes.repeats and time.perf_counter() - start >= sizes.seconds:
-            break
-        for name in names if r % 2 == 0 else names[::-1]:
-            clock = time.perf_counter()
-            sides[name]()
-            seconds[name].append(time.perf_counter() - clock)
-    return seconds
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
-    """Median over rounds of the ratio of two sides timed in the same round (load cancels)."""
-    return statistics.median(n / d for n, d in zip(numerator, denominator))
-
-
-def cache_bytes(cache) -> tuple[int, int]:
-    """(bytes, cached positions) of a transformers KV cache (``DynamicCache``)."""
-    if hasattr(cache, "layers"):
-        tensors = [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
-    else:  # transformers < 4.56 kept per-layer lists
-        tensors = list(cache.key_cache) + list(cache.value_cache)
-    return sum(t.numel() * t.element_size() for t in tensors), int(cache.get_seq_length())
-
-
-def kv_min_bytes_per_token(model: torch.nn.Module) -> int:
-    """2 · n_layer · n_embd · bytes per element: K and V of every layer, nothing else."""
-    config = model.config.get_text_config()
-    element = next(model.parameters()).element_size()
-    return 2 * config.num_hidden_layers * config.hidden_size * element
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,7 +174,8 @@ def _agent(agent_class, model, sizes: Sizes, device: str, bf16: bool):
     policy = Policy.from_pretrained(
         model, device=device, value_head=agent_class.needs_values, dtype=torch.bfloat16 if bf16 else torch.float32
     )
-    config = agent_class.config_class(seed=0, check_done_every=sizes.update_new_tokens)
+    groups = {"group_size": 4} if agent_class.config_class().uses_groups else {}  # the batch may be smaller than 16
+    config = agent_class.config_class(seed=0, check_done_every=sizes.update_new_tokens, **groups)
     return agent_class(env, config, policy=policy)
 
 
@@ -479,7 +289,8 @@ def lora_vs_full_memory(
                    sizes.update_new_tokens, device, reward=reward)
     lora = LoRAConfig(rank=lora_rank) if lora_rank is not None else None
     policy = Policy.from_pretrained(model, device=device, dtype=None, lora=lora)
-    agent = REINFORCE(env, REINFORCE.config_class(seed=0, check_done_every=sizes.update_new_tokens), policy=policy)
+    agent = REINFORCE(env, REINFORCE.config_class(seed=0, check_done_every=sizes.update_new_tokens, group_size=4),
+                      policy=policy)
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     agent.learn(total_episodes=iterations * sizes.update_batch)
@@ -557,42 +368,6 @@ def measure_kl_shaped(model, sizes: Sizes, device: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # 6. Host reads in the step loop
 # --------------------------------------------------------------------------------------------
-
-HOST_READS = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
-"""Tensor methods that bring a value to the host (a device→host sync on CUDA)."""
-
-
-@contextmanager
-def count_host_reads(fail: bool = False) -> Iterator[Counter]:
-    """Count (or, with ``fail``, forbid) calls of :data:`HOST_READS` on any tensor inside the block.
-
-    A CPU stand-in for ``torch.cuda.set_sync_debug_mode("error")``: it patches the Python methods,
-    so it sees ``if tensor``, ``.item()``, ``.tolist()`` and the like wherever they are called
-    from (transformers included), not reads hidden inside C++ ops. Keys: ``(method, "file:line")``
-    of the caller."""
-    counts: Counter = Counter()
-    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
-
-    def patched(name: str):
-        original = originals[name]
-
-        def read(self, *args, **kwargs):
-            caller = traceback.extract_stack(limit=2)[0]
-            site = f"{Path(caller.filename).name}:{caller.lineno}"
-            if fail:
-                raise AssertionError(f"host read Tensor.{name} at {site}")
-            counts[(name, site)] += 1
-            return original(self, *args, **kwargs)
-
-        return read
-
-    try:
-        for name in HOST_READS:
-            setattr(torch.Tensor, name, patched(name))
-        yield counts
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
 
 
 @torch.no_grad()

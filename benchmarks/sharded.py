@@ -80,7 +80,7 @@ def measure(model_name: str, *, quick: bool, device: str, batch: int, prompt_tok
     from tokengym.agents.reinforce import REINFORCE
     from tokengym.agents.sharding import Sharding
     from tokengym.agents.policy import Policy
-    from tokengym.benchmarks.perf import ZeroReward, _vocab, build_model, make_env, random_prompts
+    from tokengym.benchmarks.perf_harness import ZeroReward, _vocab, build_model, make_env, random_prompts
     from tokengym.lm import distributed
     from tokengym.lm.fsdp import local_bytes
     from tokengym.rewards.kl import KLShaped

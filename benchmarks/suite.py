@@ -319,7 +319,7 @@ def write_results(out: Path, suite: Suite, records: list[dict]) -> None:
     if suite.ablated:
         md += [f"Ablation of the suite's first cell over {', '.join(f'`{k}`' for k in suite.ablated)}.", ""]
     md += [f"Measured on: {environment_line()}.", "",
-           f"Final values: mean of each run's last iterations (`last_n`), then mean ± std over seeds. "
+           "Final values: mean of each run's last iterations (`last_n`), then mean ± std over seeds. "
            f"`score` is the reward without the KL penalty; `KL` is the per-sequence KL(π_θ‖π_ref) of the "
            f"rollouts; wall time and tokens/s cover the whole training of one run.", ""]
     md += plots.results_table(records)

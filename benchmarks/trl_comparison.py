@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["main", "run_seed", "evaluate"]
+__all__ = ["run_comparison", "run_seed", "evaluate"]
 
 BATCH = 32
 GROUP = 4

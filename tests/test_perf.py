@@ -10,7 +10,8 @@ import torch
 
 from conftest import build_tiny_lm
 from tokengym.agents.policy import Policy, sample
-from tokengym.benchmarks.perf import ZeroReward, count_host_reads, make_env, run_perf
+from tokengym.benchmarks.perf import run_perf
+from tokengym.benchmarks.perf_harness import ZeroReward, count_host_reads, make_env
 from tokengym.lm.cached_lm import CachedLM, positions_from_mask, takes_prepared_mask
 from tokengym.lm.loading import EMBEDDED_MODEL_DIR
 

@@ -16,13 +16,12 @@ and what was expected (``docs/errors.md``). A field's range is checked by the fi
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tokengym.agents import AGENTS, Agent, AgentConfig
 from tokengym.agents.sharding import ROLLOUT_MODES
