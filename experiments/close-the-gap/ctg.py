@@ -53,9 +53,38 @@ def parse():
                    "its value as the per-step reward, its gradient as a loss term (Rao-Blackwellised)")
     p.add_argument("--logit-bias", default=None, help="LR or LR:full: a trainable per-token bias on the logits at this lr "
                    "(':full' keeps the LM training at the agent's lr, else the LM is frozen)")
+    p.add_argument("--trust-kl", type=float, default=None, help="C: add C·Σ_t KL(π_old(·|s_t)‖π_θ(·|s_t)) (full "
+                   "vocabulary, π_old = the policy at the start of the update) to the loss: a mirror-descent trust region")
     p.add_argument("--note", default="")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     return p.parse_args()
+
+
+class SNRAdam(torch.optim.Optimizer):
+    """Adam whose per-coordinate step is further scaled by (|m̂|/√v̂)^power: a coordinate whose
+    gradient is pure noise has |m̂|/√v̂ ≈ √((1−β1)/(1+β1)), a consistent one ≈ 1 (a Wiener-style
+    shrinkage of low signal-to-noise coordinates)."""
+
+    def __init__(self, params, lr, beta1=0.9, beta2=0.999, eps=1e-8, power=1.0):
+        super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, power=power))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["t"], state["m"], state["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+                state["t"] += 1
+                t, m, v = state["t"], state["m"], state["v"]
+                m.mul_(group["beta1"]).add_(p.grad, alpha=1 - group["beta1"])
+                v.mul_(group["beta2"]).addcmul_(p.grad, p.grad, value=1 - group["beta2"])
+                m_hat = m / (1 - group["beta1"] ** t)
+                denom = (v / (1 - group["beta2"] ** t)).sqrt().add_(group["eps"])
+                ratio = m_hat / denom
+                p.add_(ratio * ratio.abs().clamp(max=1).pow(group["power"]), alpha=-group["lr"])
 
 
 def install_logit_bias(learner, spec, built):
@@ -86,6 +115,39 @@ def install_logit_bias(learner, spec, built):
         return True
 
     learner._clip_and_step = clip_and_step
+
+
+def install_trust_kl(learner, coef):
+    """C·Σ_t KL(π_old(·|s_t)‖π_θ(·|s_t)) over the update's states (exact, all tokens) added to the loss."""
+    from tokengym.lm.scoring import forward_responses
+
+    policy = learner.policy
+    update, original_step = learner.update, learner.minibatch_step
+    cache = {}
+
+    def full_logprobs(input_ids, attention_mask, P):
+        with policy.autocast():
+            logits, _ = forward_responses(policy.model, input_ids, attention_mask, P)
+        return torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+
+    def new_update(rollout):
+        with torch.no_grad():
+            cache["old"] = full_logprobs(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+        cache["rollout"] = rollout
+        return update(rollout)
+
+    def new_minibatch_step(rows, loss_of, global_rows=None):
+        def loss_with_trust(chunk):
+            loss, stats = loss_of(chunk)
+            r = cache["rollout"]
+            new = full_logprobs(r.input_ids[chunk], r.attention_mask[chunk], r.prompt_width)  # (b, T, V)
+            old = cache["old"][chunk]
+            kl = (old.exp() * (old - new)).sum(-1)  # (b, T)
+            term = (kl * r.mask[chunk]).sum(-1).mean()
+            return loss + coef * term, {**stats, "trust_kl": term.detach()}
+        return original_step(rows, loss_with_trust, global_rows)
+
+    learner.update, learner.minibatch_step = new_update, new_minibatch_step
 
 
 def install_ema(learner, decays, built):
@@ -203,6 +265,8 @@ def main():
             params = [p for p in learner.policy.parameters() if p.requires_grad]
             if kind == "sgd":
                 learner.optimizer = torch.optim.SGD(params, lr=float(values[0]), momentum=float(values[1]))
+            elif kind == "snradam":
+                learner.optimizer = SNRAdam(params, lr=learner.config.lr, beta1=float(values[0]), power=float(values[1]))
             elif kind == "adam":
                 learner.optimizer = torch.optim.Adam(params, lr=learner.config.lr, eps=float(values[0]))
             else:
@@ -212,6 +276,8 @@ def main():
             install_logit_bias(learner, args.logit_bias, built)
         if args.exact_kl:
             install_exact_kl(learner, s["beta"] if s["beta"] is not None else BETA)
+        if args.trust_kl is not None:
+            install_trust_kl(learner, args.trust_kl)
         if args.ema:
             install_ema(learner, [float(x) for x in args.ema.split(",")], built)
         return envs, learner
@@ -238,7 +304,7 @@ def main():
     record = {
         "arm": args.arm, "agent": args.agent, "seed": args.seed, "episodes": args.episodes, "batch_size": args.batch_size,
         "lr": built["learner"].config.lr, "group_size": built["learner"].config.group_size, "beta": s["beta"],
-        "set": args.set, "noise": args.noise, "ema_decays": args.ema, "dpg": args.dpg, "exact_kl": args.exact_kl, "logit_bias": args.logit_bias, "freeze": args.freeze, "optimizer": args.optimizer, "note": args.note,
+        "set": args.set, "noise": args.noise, "ema_decays": args.ema, "dpg": args.dpg, "exact_kl": args.exact_kl, "logit_bias": args.logit_bias, "trust_kl": args.trust_kl, "freeze": args.freeze, "optimizer": args.optimizer, "note": args.note,
         "score_gain": round(report["score_gain"], 4), "kl": round(report["kl"], 3),
         "distinct_2_ratio": round(report["distinct_2_ratio"], 3),
         "reward_policy": round(report["policy"]["score"], 4), "reward_ref": round(report["reference"]["score"], 4),
