@@ -55,6 +55,9 @@ def parse():
                    "(':full' keeps the LM training at the agent's lr, else the LM is frozen)")
     p.add_argument("--trust-kl", type=float, default=None, help="C: add C·Σ_t KL(π_old(·|s_t)‖π_θ(·|s_t)) (full "
                    "vocabulary, π_old = the policy at the start of the update) to the loss: a mirror-descent trust region")
+    p.add_argument("--npg-power", type=float, default=None, help="α: A2C's per-token advantages × π_old(a_t)^−α "
+                   "(normalised to mean 1 over the batch's tokens): α = 0 is the vanilla softmax gradient, α = 1 the "
+                   "logit-space natural gradient (Kakade 2001) in expectation")
     p.add_argument("--note", default="")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     return p.parse_args()
@@ -115,6 +118,26 @@ def install_logit_bias(learner, spec, built):
         return True
 
     learner._clip_and_step = clip_and_step
+
+
+def install_npg_power(learner, alpha):
+    """Scale A2C's advantages by π_old(a_t)^−α, normalised to mean 1 over valid tokens."""
+    from tokengym.agents import a2c as a2c_module
+
+    gae, update, stash = a2c_module.gae, learner.update, {}
+
+    def weighted_gae(rewards, values, mask, gamma, lam):
+        advantages, returns = gae(rewards, values, mask, gamma, lam)
+        weight = torch.exp(-alpha * stash["rollout"].logprobs) * mask  # (B, T)
+        weight = weight / (weight.sum() / mask.sum())
+        return advantages * weight, returns
+
+    def new_update(rollout):
+        stash["rollout"] = rollout
+        return update(rollout)
+
+    a2c_module.gae = weighted_gae
+    learner.update = new_update
 
 
 def install_trust_kl(learner, coef):
@@ -276,6 +299,8 @@ def main():
             install_logit_bias(learner, args.logit_bias, built)
         if args.exact_kl:
             install_exact_kl(learner, s["beta"] if s["beta"] is not None else BETA)
+        if args.npg_power is not None:
+            install_npg_power(learner, args.npg_power)
         if args.trust_kl is not None:
             install_trust_kl(learner, args.trust_kl)
         if args.ema:
@@ -304,7 +329,7 @@ def main():
     record = {
         "arm": args.arm, "agent": args.agent, "seed": args.seed, "episodes": args.episodes, "batch_size": args.batch_size,
         "lr": built["learner"].config.lr, "group_size": built["learner"].config.group_size, "beta": s["beta"],
-        "set": args.set, "noise": args.noise, "ema_decays": args.ema, "dpg": args.dpg, "exact_kl": args.exact_kl, "logit_bias": args.logit_bias, "trust_kl": args.trust_kl, "freeze": args.freeze, "optimizer": args.optimizer, "note": args.note,
+        "set": args.set, "noise": args.noise, "ema_decays": args.ema, "dpg": args.dpg, "exact_kl": args.exact_kl, "logit_bias": args.logit_bias, "trust_kl": args.trust_kl, "npg_power": args.npg_power, "freeze": args.freeze, "optimizer": args.optimizer, "note": args.note,
         "score_gain": round(report["score_gain"], 4), "kl": round(report["kl"], 3),
         "distinct_2_ratio": round(report["distinct_2_ratio"], 3),
         "reward_policy": round(report["policy"]["score"], 4), "reward_ref": round(report["reference"]["score"], 4),

@@ -1,7 +1,9 @@
-"""Merge independently trained policies (WARP's merge, Ramé et al. 2024): the mean of their task
-vectors θ_i − θ_ref (linear) and that mean rescaled to the runs' mean norm (SLERP's norm-preserving
-effect, per tensor), each judged like tokengym eval. Usage: python merge.py RUN_DIR RUN_DIR [...]"""
+"""Merge independently trained policies with tokengym.lm.merge.merge_task_vectors (WARP's merge,
+Ramé et al. 2024) and judge each merge like tokengym eval (256 fresh episodes, seed 20261122):
+the mean task vector at each scale in MERGE_SCALES (default 1) and the norm-preserving (SLERP) merge.
+Appends one JSON line to merge.jsonl. Usage: python merge.py LABEL RUN_DIR RUN_DIR [...]"""
 import json
+import os
 import sys
 
 import gymnasium as gym
@@ -10,36 +12,26 @@ import torch
 import tokengym.envs  # noqa: F401
 from tokengym.agents.policy import Policy
 from tokengym.benchmarks.evaluate import evaluate
+from tokengym.lm.merge import merge_task_vectors
 
 torch.set_num_threads(1)
+BETA = 0.055
+label, dirs = sys.argv[1], sys.argv[2:]
 env = gym.make_vec("tokengym/Sentiment-v0", num_envs=64, min_new_tokens=16)
-ref = env.unwrapped.reference.model
-init = {n: p.detach().clone() for n, p in ref.named_parameters()}
-runs = [Policy.from_pretrained(f"{d}/policy", device="cpu").model for d in sys.argv[1:]]
-tasks = [{n: p.detach() - init[n] for n, p in m.named_parameters()} for m in runs]
-model = runs[0]
-results = {"runs": sys.argv[1:]}
-for i, m in enumerate(runs):
-    r = evaluate(env, m)
-    results[f"run{i}"] = {"score_gain": round(r["score_gain"], 4), "kl": round(r["kl"], 3)}
-    print(i, results[f"run{i}"], flush=True)
-with torch.no_grad():
-    cos = []
-    for n in init:
-        a, b = tasks[0][n].flatten(), tasks[1][n].flatten()
-        cos.append((torch.dot(a, b) / (a.norm() * b.norm() + 1e-12)).item())
-    results["mean_cosine_of_task_vectors"] = round(sum(cos) / len(cos), 3)
-    for mode in ("linear", "norm-preserving"):
-        for n, p in model.named_parameters():
-            mean = sum(t[n] for t in tasks) / len(tasks)
-            if mode == "norm-preserving":
-                target = sum(t[n].norm() for t in tasks) / len(tasks)
-                mean = mean * (target / (mean.norm() + 1e-12))
-            p.copy_(init[n] + mean)
-        r = evaluate(env, model)
-        results[mode] = {"score_gain": round(r["score_gain"], 4), "kl": round(r["kl"], 3),
-                         "distinct_2_ratio": round(r["distinct_2_ratio"], 3)}
-        print(mode, results[mode], flush=True)
-print(json.dumps(results))
-with open("merge.jsonl", "a") as f:
+base = env.unwrapped.reference.model
+models = [Policy.from_pretrained(f"{d}/policy", device="cpu").model for d in dirs]
+flat = [torch.cat([(p - q).flatten() for p, q in zip(m.parameters(), base.parameters())]) for m in models]
+results = {"label": label, "runs": dirs,
+           "cosines_of_task_vectors": [round((torch.dot(flat[i], flat[j]) / (flat[i].norm() * flat[j].norm())).item(), 3)
+                                       for i in range(len(flat)) for j in range(i + 1, len(flat))]}
+variants = [(f"linear x{k}", dict(scale=float(k))) for k in os.environ.get("MERGE_SCALES", "1").split(",")]
+variants.append(("norm-preserving", dict(norm_preserving=True)))
+for name, kwargs in variants:
+    r = evaluate(env, merge_task_vectors(base, models, **kwargs))
+    results[name] = {"score_gain": round(r["score_gain"], 4), "kl": round(r["kl"], 3),
+                     "distinct_2_ratio": round(r["distinct_2_ratio"], 3),
+                     "J_minus_Jref": round(r["score_gain"] - BETA * r["kl"], 4),
+                     "gain_per_sqrt_kl": round(r["score_gain"] / max(r["kl"], 1e-6) ** 0.5, 4)}
+    print(name, results[name], flush=True)
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "merge.jsonl"), "a") as f:
     f.write(json.dumps(results) + "\n")
