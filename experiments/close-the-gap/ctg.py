@@ -58,6 +58,9 @@ def parse():
     p.add_argument("--npg-power", type=float, default=None, help="α: A2C's per-token advantages × π_old(a_t)^−α "
                    "(normalised to mean 1 over the batch's tokens): α = 0 is the vanilla softmax gradient, α = 1 the "
                    "logit-space natural gradient (Kakade 2001) in expectation")
+    p.add_argument("--head-only", type=float, default=None, help="LR: untie the LM head from the input embedding "
+                   "(a copy, so π_θ = π_ref at the start) and train only it at LR: log(π_θ/π_ref) is then linear in "
+                   "π_ref's last hidden state")
     p.add_argument("--note", default="")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     return p.parse_args()
@@ -88,6 +91,19 @@ class SNRAdam(torch.optim.Optimizer):
                 denom = (v / (1 - group["beta2"] ** t)).sqrt().add_(group["eps"])
                 ratio = m_hat / denom
                 p.add_(ratio * ratio.abs().clamp(max=1).pow(group["power"]), alpha=-group["lr"])
+
+
+def install_head_only(learner, lr, built):
+    """Untie the LM head (a trainable copy of the embedding) and freeze everything else but the value head."""
+    model = learner.policy.model
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    for name, p in model.named_parameters():
+        p.requires_grad_(p is head.weight)
+    built["logit_bias"] = head.weight  # judged in memory: the saved policy would re-tie the head
+    learner.optimizer = torch.optim.Adam([{"params": [head.weight], "lr": lr},
+                                          {"params": list(learner.policy.value_parameters()), "lr": learner.config.lr}])
 
 
 def install_logit_bias(learner, spec, built):
@@ -295,6 +311,8 @@ def main():
             else:
                 raise SystemExit(f"unknown optimizer {args.optimizer}")
         built["init"] = {k: v.detach().clone() for k, v in learner.policy.model.state_dict().items()}
+        if args.head_only is not None:
+            install_head_only(learner, args.head_only, built)
         if args.logit_bias:
             install_logit_bias(learner, args.logit_bias, built)
         if args.exact_kl:
@@ -329,7 +347,7 @@ def main():
     record = {
         "arm": args.arm, "agent": args.agent, "seed": args.seed, "episodes": args.episodes, "batch_size": args.batch_size,
         "lr": built["learner"].config.lr, "group_size": built["learner"].config.group_size, "beta": s["beta"],
-        "set": args.set, "noise": args.noise, "ema_decays": args.ema, "dpg": args.dpg, "exact_kl": args.exact_kl, "logit_bias": args.logit_bias, "trust_kl": args.trust_kl, "npg_power": args.npg_power, "freeze": args.freeze, "optimizer": args.optimizer, "note": args.note,
+        "set": args.set, "noise": args.noise, "ema_decays": args.ema, "dpg": args.dpg, "exact_kl": args.exact_kl, "logit_bias": args.logit_bias, "trust_kl": args.trust_kl, "npg_power": args.npg_power, "head_only": args.head_only, "freeze": args.freeze, "optimizer": args.optimizer, "note": args.note,
         "score_gain": round(report["score_gain"], 4), "kl": round(report["kl"], 3),
         "distinct_2_ratio": round(report["distinct_2_ratio"], 3),
         "reward_policy": round(report["policy"]["score"], 4), "reward_ref": round(report["reference"]["score"], 4),

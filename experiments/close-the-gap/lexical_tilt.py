@@ -1,4 +1,5 @@
-"""A hand-made policy: π_ref with every VADER-lexicon token's logit raised by k·valence (a unigram
+"""A hand-made policy: π_ref with every VADER-lexicon token's logit moved by k·valence (K, or
+K_POS:K_NEG for separate factors on positive and negative words) (a unigram
 tilt, no training), judged like tokengym eval for several k: how close does a pure lexical tilt come
 to the best-of-N frontier? Usage: python lexical_tilt.py K [K ...]"""
 import copy
@@ -28,9 +29,13 @@ positive_only = "--positive" in sys.argv
 if positive_only:
     valence = valence.clamp(min=0)
 print("lexicon tokens", int((valence != 0).sum()), file=sys.stderr)
-for k in [float(x) for x in sys.argv[1:] if not x.startswith("--")]:
+for spec in [x for x in sys.argv[1:] if not x.startswith("--")]:
+    k_pos, _, k_neg = spec.partition(":")  # K or K_POS:K_NEG (the negative words' own factor)
+    k_pos = float(k_pos)
+    k_neg = float(k_neg) if k_neg else k_pos
+    k = spec
     model = copy.deepcopy(base)
-    bias = k * valence
+    bias = k_pos * valence.clamp(min=0) + k_neg * valence.clamp(max=0)
     model.get_output_embeddings().register_forward_hook(lambda m, i, o, b=bias: o + b)
     r = evaluate(env, model)
     out = {"k": k, "positive_only": positive_only, "score_gain": round(r["score_gain"], 4), "kl": round(r["kl"], 3),

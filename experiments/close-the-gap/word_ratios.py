@@ -50,4 +50,6 @@ for name, sel in (("positive", valence > 0), ("negative", valence < 0), ("other"
     out[name] = {"mass_ratio": round(float(mass_p[idx].sum() / mass_r[idx].sum()), 3),
                  "mass_weighted_log_ratio": round(float((share * r.log()).sum()), 3),
                  "largest_gains": [(tok.decode([int(v)]), round(float(ratio[v]), 2), round(float(mass_r[v] / mass_r.sum() * 16), 4)) for v in top]}
+out["run"] = sys.argv[1]
 print(json.dumps(out, indent=1))
+json.dump(out, open("word-ratios.json", "w"), indent=1, ensure_ascii=False)
