@@ -1,5 +1,5 @@
 """frontier.png: every try of this folder on the VADER-gain / KL plane, against best-of-N (its KL
-bound log N − (N−1)/N at the issue's measured gains), the bar-A line (twice best-of-N's KL) and the
+bound log N − (N−1)/N at the gains measured on 40 prompts × 512 reference samples), the bar-A line (twice best-of-N's KL) and the
 bar-B line (gain − 0.055·KL = ½(J* − J_ref)). Usage: python plot.py"""
 import json
 import math
