@@ -46,6 +46,19 @@ def build_tiny_lm(vocab_size=len(WORDS), n_positions=64, seed=0, n_layer=2, n_em
         return GPT2LMHeadModel(config).eval()
 
 
+def perturbed(model: torch.nn.Module, scale: float = 0.3, seed: int = 1) -> torch.nn.Module:
+    """A copy of ``model`` with seeded Gaussian noise of std ``scale`` added to every weight: a
+    policy that differs from π_ref by a known, reproducible amount."""
+    import copy
+
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    return model
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one thread avoids contention with other processes on a shared CPU."""

@@ -8,6 +8,7 @@ import gc
 import gymnasium as gym
 import pytest
 import torch
+from conftest import perturbed
 
 import tokengym  # noqa: F401  (registers the envs)
 from tokengym.agents import A2C, GRPO, PPO, REINFORCE, A2CConfig, GRPOConfig, PPOConfig, REINFORCEConfig
@@ -27,15 +28,6 @@ AGENTS = {
 # ---------------------------------------------------------------------------------------------
 # GRPO's KL term in the loss: exact gradients by enumerating Calibration-v0's 512 sequences
 # ---------------------------------------------------------------------------------------------
-
-
-def perturbed(model: torch.nn.Module, scale: float = 0.3, seed: int = 1) -> torch.nn.Module:
-    model = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return model
 
 
 def all_token_logprobs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

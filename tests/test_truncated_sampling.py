@@ -10,6 +10,7 @@ import math
 import gymnasium as gym
 import pytest
 import torch
+from conftest import perturbed
 
 import tokengym  # noqa: F401  (registers the envs)
 from tokengym.agents import REINFORCE, Policy, REINFORCEConfig
@@ -20,15 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 BETA = 0.1
 EPISODES = 4096
-
-
-def perturbed(model: torch.nn.Module, scale: float, seed: int = 1) -> torch.nn.Module:
-    model = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return model
 
 
 @torch.no_grad()
