@@ -6,7 +6,7 @@ import dataclasses
 import gymnasium as gym
 import pytest
 import torch
-from conftest import build_tiny_lm, build_word_tokenizer
+from conftest import build_tiny_lm
 
 import tokengym  # noqa: F401  (registers the envs)
 from tokengym.agents import (

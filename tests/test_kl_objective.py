@@ -2,7 +2,6 @@
 temperature everywhere, one reference run once, RLOO on episode returns (docs/kl.md)."""
 from __future__ import annotations
 
-import copy
 import gc
 
 import gymnasium as gym
