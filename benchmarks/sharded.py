@@ -215,4 +215,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tokengym.lm.distributed import exit_process
+
+    exit_process(main())

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterable, Iterator
+import sys
+from typing import Iterable, Iterator, NoReturn
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
-    "all_ranks", "broadcast_object", "broadcast_parameters", "is_distributed", "max_across_ranks",
+    "all_ranks", "broadcast_object", "broadcast_parameters", "exit_process", "is_distributed", "max_across_ranks",
     "mean_across_ranks", "process_group", "sum_across_ranks", "sum_gradients", "world",
 ]
 
@@ -66,6 +67,20 @@ def process_group(device: str) -> Iterator[str]:
         yield device
     finally:
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with ``code``. A ``torchrun`` worker (``WORLD_SIZE > 1``) flushes its output
+    and leaves without the interpreter's finalization: after a gloo collective, torch 2.13 can
+    destroy a still-joinable C++ thread there (``terminate called without an active exception``,
+    SIGABRT; about one launch in four of two CPU ranks that import transformers), and torchrun
+    would report a finished run as a failed rank. Call it once the process group is destroyed and
+    every file is closed; a single process exits normally."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ SUM_GRADIENTS = textwrap.dedent("""
     wrong = [name for name, p in policy.named_parameters() if not torch.equal(p.grad, torch.full_like(p, 3))]
     assert not wrong, wrong[:5]
     dist.destroy_process_group()
+    distributed.exit_process(0)  # as tokengym's entry points end a torchrun worker
 """)
 
 
@@ -112,3 +113,16 @@ def test_gradient_buckets_are_reduced_in_one_order_in_every_interpreter():
         assert result.returncode == 0, result.stderr[-2000:]
         orders.add(result.stdout.strip())
     assert orders == {"torch.bfloat16,torch.float16,torch.float32"}
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_exit_process_flushes_and_exits_with_the_code(world_size):
+    """A torchrun worker leaves through os._exit (no finalization) but loses none of its output;
+    a single process exits through sys.exit and so still runs its atexit handlers."""
+    script = ("import atexit, sys; from tokengym.lm.distributed import exit_process\n"
+              "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+              "print('buffered', end=''); sys.stderr.write('on stderr'); exit_process(3)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "WORLD_SIZE": world_size})
+    assert result.returncode == 3 and result.stdout == "buffered"
+    assert result.stderr.startswith("on stderr") and ("atexit ran" in result.stderr) == (world_size == "1")

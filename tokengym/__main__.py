@@ -1,5 +1,4 @@
-import sys
-
 from tokengym.cli import main
+from tokengym.lm.distributed import exit_process
 
-sys.exit(main())
+exit_process(main())
