@@ -33,8 +33,7 @@ pytestmark = pytest.mark.slow  # learning or multi-process: CI runs it, `pytest 
 TRAIN = ["train", "--env", "tokengym/Calibration-v0", "--reward", "kl-shaped", "--kl-target", "0.5",
          "--lr", "0.01", "--episodes", "24", "--seed", "3", "--quiet"]
 AGENTS = ["reinforce", "a2c", "ppo", "grpo"]
-
-pytestmark = pytest.mark.slow
+GROUPS = {"reinforce": ["--group-size", "4"], "grpo": ["--group-size", "4"]}  # a rank's 4 episodes are one group
 
 
 def launch(*args: str, ranks: int = 1) -> subprocess.CompletedProcess:
@@ -48,7 +47,8 @@ def launch(*args: str, ranks: int = 1) -> subprocess.CompletedProcess:
 
 
 def train(out: Path, agent: str, batch_size: int, *flags: str, ranks: int = 1) -> dict[str, torch.Tensor]:
-    result = launch(*TRAIN, "--agent", agent, "--batch-size", str(batch_size), *flags, "--out", str(out), ranks=ranks)
+    result = launch(*TRAIN, "--agent", agent, *GROUPS.get(agent, []), "--batch-size", str(batch_size), *flags,
+                    "--out", str(out), ranks=ranks)
     assert result.returncode == 0, result.stderr[-3000:]
     return load_file(out / "policy" / "model.safetensors")
 

@@ -17,6 +17,12 @@ pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def sb3_logs_in_tmp_path(tmp_path, monkeypatch):
+    """stable-baselines3's logger makes a folder even at verbose=0: in the test's, not in /tmp."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path))
+
+
 def perturbed_policy_model(seed=1, scale=0.5):
     model = copy.deepcopy(calibration.build_reference_model())
     generator = torch.Generator().manual_seed(seed)
