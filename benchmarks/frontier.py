@@ -272,7 +272,7 @@ def plot_frontier(frontier: Mapping, path: str | Path, *, runs: Mapping[str, Seq
     (hollow markers where the ESS is low), best-of-N by its KL bound and by its sampled KL, and
     each of ``runs`` (label -> per-seed ``(gain, kl)``) as mean ± std over its seeds."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     ax.plot(0, 0, "k*", ms=9, label="π_ref (β = ∞, N = 1)")
     points = frontier["p_beta"]
     ax.plot([p["kl"] for p in points], [p["gain"] for p in points], "-", color="C0", lw=1.2)
@@ -297,7 +297,8 @@ def plot_frontier(frontier: Mapping, path: str | Path, *, runs: Mapping[str, Seq
     ax.set_ylabel("gain over π_ref: E[r] − E_ref[r]")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no run hides behind it
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
     return save_figure(fig, path)
