@@ -10,10 +10,11 @@ __all__ = ["add_cli"]
 DESCRIPTION = """\
 Run a benchmark and write its results (JSON, a results.md table, plots) into --out.
 
-  tokengym bench                              the quick suite: the four agents on Sentiment-v0, one seed
-                                              (about 4 min on 2 CPU cores)
-  tokengym bench --suite kl-sentiment         the four agents' defaults, 3 seeds (about 20 min)
-  tokengym bench --suite full                 the algorithm table: every agent on every env, 3 seeds (about 70 min)
+  tokengym bench                              the quick suite: the six agents on Sentiment-v0, 1,024 episodes,
+                                              one seed (about 3 min on 2 CPU cores)
+  tokengym bench --suite kl-sentiment         the six agents' defaults, 3 seeds, on the reward-KL frontier
+                                              (about 1 h; 35 min as three processes with --seed-list S)
+  tokengym bench --suite full                 the algorithm table: every agent on every env, 3 seeds (about 1.5 h)
   tokengym bench --suite FILE.toml            your own suite (the schema: BENCHMARKS.md, "Suite files")
   tokengym bench --ablate reward=holistic,kl-shaped
                                               the suite's first cell once per value, with a reward-KL frontier
