@@ -69,6 +69,7 @@ def test_eval_of_a_run_directory_writes_figures_that_match_its_saved_policy(tmp_
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "score gain" in done.stdout
+    assert "Loading weights" not in done.stderr  # transformers' bars stay quiet, as under train
     report = json.loads((run / EVAL_FILE).read_text())
     score, kl = exact(AutoModelForCausalLM.from_pretrained(run / "policy"))
     assert kl > 0.05

@@ -9,6 +9,7 @@ from typing import Any
 
 from tokengym.benchmarks.evaluate import EVAL_SEED, evaluate
 from tokengym.lm.io import write_json
+from tokengym.lm.loading import hub_progress_bars
 
 __all__ = ["EVAL_FILE", "FRONTIER_FILE", "evaluate_run", "objective_beta", "add_cli"]
 
@@ -98,8 +99,9 @@ def _main(args: argparse.Namespace) -> int:
     if n and args.batch_size % n and n % args.batch_size:
         raise UsageError(f"--frontier-samples {n}: expected a divisor or a multiple of --batch-size {args.batch_size}")
     run = Path(args.run)
-    report = evaluate_run(run, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                          frontier_samples=n)
+    with hub_progress_bars(enabled=False):  # transformers' loading bars, twice (π_θ and π_ref), say nothing
+        report = evaluate_run(run, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
+                              device=args.device, frontier_samples=n)
     write_json(run / EVAL_FILE, report)
     print(f"{args.episodes} fresh episodes each (seed {args.seed}), the env's task reward:")
     print(f"  {'':<10} {'score':>7}   {'(std)':<5}  {'KL nats':>7}  {'dist-2':>6}  {'tokens':>6}")
