@@ -74,7 +74,7 @@ def test_preferences_are_bradley_terry_draws_from_the_agents_generator():
 
 
 def test_the_loss_puts_each_pairs_chosen_member_first():
-    agent = DPO(calibration_env(num_envs=8), DPOConfig(beta=BETA, lr=1e-2))
+    agent = DPO(calibration_env(num_envs=8), DPOConfig(beta=BETA, lr=1e-2, preferences="sampled"))
     agent.learn(8)  # π_θ ≠ π_ref
     rollout = agent.collect()
     first_wins = torch.tensor([True, False, False, True])
