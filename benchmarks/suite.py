@@ -80,6 +80,13 @@ def agent_config(cell: Cell):
     return AGENTS[cell.agent].config_class(seed=cell.seed, **cell.settings.agent_options)
 
 
+def fingerprint(cell: Cell) -> str:
+    """Hash of everything that defines the run, the agent's whole config included (a default that
+    changed makes the cells it trained stale): a cell file with another one is stale."""
+    parts = [cell.env, cell.agent, cell.variant, cell.seed, asdict(cell.settings), asdict(agent_config(cell))]
+    return hashlib.sha1(json.dumps(to_jsonable(parts), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def objective_beta(settings: RunSettings) -> float:
     """β of a cell's KL-regularised objective: its KL-shaped reward's (an adaptive β's start), else
     its agent's own KL coefficient, else the default β."""
@@ -226,7 +233,7 @@ def summarise(cell: Cell, history: Sequence[Mapping[str, Any]], *, wall_s: float
         "wall_s": wall_s,
         "tokens_per_s": tokens / wall_s if wall_s > 0 else None,
         "settings": to_jsonable(asdict(s)),
-        "fingerprint": cell.fingerprint,
+        "fingerprint": fingerprint(cell),
         "history": [dict(h) for h in history],
     }
 
@@ -243,7 +250,7 @@ def load_cell(out: Path, cell: Cell) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return record if record.get("fingerprint") == cell.fingerprint else None
+    return record if record.get("fingerprint") == fingerprint(cell) else None
 
 
 def run_suite(
@@ -320,8 +327,8 @@ def write_results(out: Path, suite: Suite, records: list[dict]) -> None:
         md += [f"Ablation of the suite's first cell over {', '.join(f'`{k}`' for k in suite.ablated)}.", ""]
     md += [f"Measured on: {environment_line()}.", "",
            "Final values: mean of each run's last iterations (`last_n`), then mean ± std over seeds. "
-           f"`score` is the reward without the KL penalty; `KL` is the per-sequence KL(π_θ‖π_ref) of the "
-           f"rollouts; wall time and tokens/s cover the whole training of one run.", ""]
+           "`score` is the reward without the KL penalty; `KL` is the per-sequence KL(π_θ‖π_ref) of the "
+           "rollouts; wall time and tokens/s cover the whole training of one run.", ""]
     md += plots.results_table(records)
     md += ["", "Learning curves: `curves_reward.png` (reward vs episodes), `curves_reward_kl.png` "
            "(score vs KL to the reference), mean ± std over seeds.", ""]

@@ -50,14 +50,12 @@ reward–KL ``frontier.png``. ``FIELD`` is any settings key, or ``reward_kwargs.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import os
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -244,12 +242,6 @@ class Cell:
     def key(self) -> str:
         """File name of the cell's record under ``out/cells/``."""
         return f"{_slug(self.env.split('/')[-1])}__{self.agent}__{_slug(self.variant)}__seed{self.seed}"
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of everything that defines the run: a cell file with another one is stale."""
-        text = json.dumps([self.env, self.agent, self.variant, self.seed, to_jsonable(asdict(self.settings))], sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

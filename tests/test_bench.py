@@ -2,7 +2,9 @@
 ablates a field; bad suite files fail naming the field; the packaged suites are valid."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -130,6 +132,21 @@ def test_rerun_trains_only_missing_or_changed_cells(tiny_run, monkeypatch, tmp_p
     monkeypatch.setattr(bench, "run_cell", lambda cell, **kw: trained.append(cell.key) or old(cell))
     bench.run_suite(tmp_path / "changed.toml", out, progress=False)
     assert trained == ["Calibration-v0__grpo__default__seed0", "Calibration-v0__grpo__default__seed1"]
+
+
+def test_a_changed_agent_default_makes_that_agents_cells_stale(tiny_run, monkeypatch, tmp_path):
+    """The suite file is the same, but a new release moved REINFORCE's default gradient clip: its
+    cells were trained with other settings, so they run again; GRPO's stay."""
+    root, _ = tiny_run
+    shutil.copytree(root / "out", tmp_path / "out")  # the cells and the measured frontier
+    config_class = AGENTS["reinforce"].config_class
+    retuned = dataclasses.make_dataclass("RetunedConfig", [("max_grad_norm", float, 0.25)], bases=(config_class,))
+    monkeypatch.setattr(AGENTS["reinforce"], "config_class", retuned)
+    trained = []
+    old = lambda cell, **kw: json.loads((root / "out" / "cells" / f"{cell.key}.json").read_text())  # noqa: E731
+    monkeypatch.setattr(bench, "run_cell", lambda cell, **kw: trained.append(cell.key) or old(cell))
+    bench.run_suite(root / "tiny.toml", tmp_path / "out", progress=False)
+    assert trained == ["Calibration-v0__reinforce__default__seed0", "Calibration-v0__reinforce__default__seed1"]
 
 
 def test_ablation_over_beta_gives_one_row_per_value_and_a_frontier(tiny_run, tmp_path):
