@@ -220,7 +220,7 @@ def test_nonfinite_loss_or_gradient_never_reaches_the_weights():
         (PPO, PPOConfig(lr=1e-2, n_epochs=2, n_minibatches=2)),
         (GRPO, GRPOConfig(lr=1e-2, group_size=4)),
         (FDPG, FDPGConfig(lr=1e-2, group_size=4)),
-        (DPO, DPOConfig(lr=1e-2)),  # its Bradley–Terry draws come from the checkpointed generator
+        (DPO, DPOConfig(lr=1e-2, preferences="sampled")),  # its Bradley–Terry draws come from the checkpointed generator
     ],
 )
 def test_save_load_resume_reproduces_the_next_iteration(tmp_path, agent_class, config):
