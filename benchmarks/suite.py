@@ -76,8 +76,14 @@ def env_kwargs(settings: RunSettings) -> dict[str, Any]:
 
 
 def agent_config(cell: Cell):
-    """The cell's agent config: its options and the grid's seed."""
-    return AGENTS[cell.agent].config_class(seed=cell.seed, **cell.settings.agent_options)
+    """The cell's agent config: its options and the grid's seed. An agent whose β is its target's
+    (f-DPG, DPO) takes the cell's objective β unless its options name one, so it is trained towards
+    the optimum the cell is judged against (a Calibration-v0 cell's β = 0.5, say)."""
+    agent_class = AGENTS[cell.agent]
+    options = dict(cell.settings.agent_options)
+    if agent_class.beta_is_target and "beta" not in options:
+        options["beta"] = objective_beta(cell.settings)
+    return agent_class.config_class(seed=cell.seed, **options)
 
 
 def fingerprint(cell: Cell) -> str:

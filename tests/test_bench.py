@@ -257,3 +257,13 @@ def test_packaged_suites_name_only_registered_envs_and_agents():
     # full: every registered env that runs without user-supplied models, every agent, 3 seeds.
     assert set(full.envs) == {e for e, task in envs.items() if task.name != "custom"}
     assert set(full.agents) == set(AGENTS) and len(full.seeds) == 3
+
+
+def test_fdpg_and_dpo_cells_target_the_optimum_their_cell_is_judged_against():
+    """f-DPG's and DPO's β is their target's: in the full suite they take each env's KL β (0.5 on
+    Calibration-v0, the default elsewhere), which the exact probe and the frontier judge them by."""
+    cells = [c for c in bench.load_suite("full").cells() if c.agent in ("fdpg", "dpo") and c.seed == 0]
+    betas = {(c.env, c.agent): bench.agent_config(c).beta for c in cells}
+    assert betas[("tokengym/Calibration-v0", "fdpg")] == betas[("tokengym/Calibration-v0", "dpo")] == 0.5
+    assert betas[("tokengym/Sentiment-v0", "fdpg")] == betas[("tokengym/Sentiment-v0", "dpo")] == bench.DEFAULT_BETA
+    assert all(bench.agent_config(c).beta == bench.objective_beta(c.settings) for c in cells)
