@@ -15,7 +15,7 @@ Loss aggregation (one convention for REINFORCE, A2C and PPO, :func:`sequence_sum
 per-token term (policy, value, entropy) is summed over a sequence's valid tokens and averaged over
 sequences. The policy term's gradient is then the textbook estimator of ``∇E[Σ_t r_t]`` (no
 length-dependent reweighting), and ``value_coef`` and ``entropy_coef`` weigh their terms against
-it in the same units in every agent. GRPO follows seed 001's ``J(θ)`` instead (a mean over each
+it in the same units in every agent. GRPO follows DeepSeekMath's ``J(θ)`` instead (a mean over each
 sequence's tokens, then over sequences; see ``agents/grpo.py``).
 """
 from __future__ import annotations

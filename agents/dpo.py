@@ -1,4 +1,5 @@
-"""Online DPO (Rafailov et al. 2023, "Direct preference optimization"; seed 004 derives it).
+"""Online DPO (Rafailov et al. 2023, "Direct preference optimization: your language model is
+secretly a reward model").
 
 Per prompt, a pair ``y_1, y_2 ~ π_θ`` (the env repeats each prompt twice in consecutive rows); with
 ``preferences="sampled"`` the preferred one is drawn from Bradley–Terry on the env's task reward,

@@ -1,5 +1,5 @@
 """f-DPG (Go et al. 2023, "Aligning language models with preferences through f-divergence
-minimization"; seed 003's "unified preference optimization framework").
+minimization": their unified preference optimization framework).
 
 Alignment as distribution matching: minimise ``D_f(π_θ‖p)`` to a target ``p = π_ref·φ/Z(x)``
 (``rewards/targets.py``) with

@@ -1,4 +1,4 @@
-"""GRPO (Shao et al. 2024, DeepSeekMath; seed 001's J(θ)).
+"""GRPO (Shao et al. 2024, DeepSeekMath; its objective J(θ)).
 
 G samples per prompt; each sample's advantage ``A_i = (r_i − mean(r_1..G)) / (std(r_1..G) + eps)``
 is used for every one of its tokens; PPO's clipped ratio; and ``β·D_KL(π_θ‖π_ref)`` (k3 by default)

@@ -1,4 +1,4 @@
-"""Fine-grained reward (Wu et al. 2023; docs/rewards.md; seed 003).
+"""Fine-grained reward (Wu et al. 2023; docs/rewards.md).
 
 ``K`` scorers, each with a segmenter and a weight; segment ``j`` of model ``k`` ends at step
 ``T_j^k``::

@@ -1,4 +1,4 @@
-"""Holistic reward (docs/rewards.md; seed 003): ``r_t = R(x, y)`` if ``t = T`` else ``0``."""
+"""Holistic reward (docs/rewards.md): ``r_t = R(x, y)`` if ``t = T`` else ``0``."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,5 @@
 """Utilities ``U`` of the preference loss, and the loss (Song et al. 2023, "Reward collapse in
-aligning large language models"; seed 003). Reward-model training
+aligning large language models"). Reward-model training
 (:mod:`tokengym.rewards.reward_model`) maximises ``Σ U(r(x, y_w) − r(x, y_l))``.
 
 * ``LogSigmoid(σ)``: ``U(x) = log σ(x/σ)``. With σ = 1 on the raw scores this is the Bradley–Terry

@@ -140,7 +140,7 @@ def test_exact_rlkl_figures_are_the_closed_forms(beta, temperature):
     assert figures["tv"] == pytest.approx(float(0.5 * (p - pi).abs().sum()), abs=1e-12)
     m = (p + pi) / 2
     assert figures["js"] == pytest.approx(float(p @ (log_p - m.log()) + pi @ (pol - m.log())), abs=1e-12)
-    # J* − J(π) = β·KL(π‖p), the optimum's value gap (seed 003)
+    # J* − J(π) = β·KL(π‖p), the optimum's value gap (Go et al. 2023)
     assert figures["j_star"] - figures["j"] == pytest.approx(beta * figures["reverse_kl"], abs=1e-10)
     assert figures["j"] == pytest.approx(figures["policy_score"] - beta * figures["policy_kl_ref"], abs=1e-12)
 
